@@ -1,0 +1,24 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both build .venv from scratch when it is missing, so they work on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	# torch is pinned: the registry's newest torch pulls gigabytes of CUDA packages.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+
+venv: $(BIN)/python
+
+demo: venv
+	$(BIN)/python examples/local_demo.py
+
+test: venv
+	$(BIN)/python -m pytest tests
+
+bench: venv
+	$(BIN)/python bench/rendezvous_round.py

@@ -1,0 +1,31 @@
+"""``python -m rendezvous ARGS`` is ``torchrun ARGS`` with the ``metaflow`` backend registered.
+
+Use it where the package's entry point is not installed, as on the remote nodes
+of a Metaflow run, which receive the package inside Metaflow's code package.
+Errors of the backend end the program with their message and exit code 1
+instead of a traceback from inside torch.
+"""
+
+import sys
+from typing import List, Optional
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun_main
+
+    from . import register
+    from .errors import MetaflowRendezvousError
+
+    register()
+    try:
+        torchrun_main(argv)
+    except MetaflowRendezvousError as error:
+        print(f"metaflow rendezvous: {type(error).__name__}: {error}", file=sys.stderr)
+        sys.exit(1)
+    except ChildFailedError:
+        sys.exit(1)  # torchrun already printed which rank failed and why
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Where node 0's store listens: the ``--rdzv-endpoint`` or a port derived from the rdzv id."""
+
+import hashlib
+from typing import Tuple
+
+from .errors import ConfigError
+
+# Derived ports stay below Linux's default ephemeral range (32768-60999), so an
+# outgoing connection of some other program is unlikely to hold one.
+DERIVED_PORT_BASE = 20000
+DERIVED_PORT_SPAN = 12000
+
+
+def derive_port(run_id: str) -> int:
+    """Return the store port for a job: the same on every node, spread across jobs.
+
+    ``20000 + int(sha256(run_id)) % 12000``: equal rdzv ids give equal ports;
+    different ids collide with probability 1/12000.
+    """
+    digest = hashlib.sha256(run_id.encode("utf-8")).digest()
+    return DERIVED_PORT_BASE + int.from_bytes(digest[:8], "big") % DERIVED_PORT_SPAN
+
+
+def parse_endpoint(endpoint: str, default_host: str, default_port: int) -> Tuple[str, int]:
+    """Split ``host``, ``host:port``, ``[v6]:port``, ``:port`` or a bare IPv6 address.
+
+    Missing parts take the defaults.
+
+    Raises:
+        ConfigError: the port is not an integer in 1..65535, or brackets are unbalanced.
+    """
+    endpoint = endpoint.strip()
+    if not endpoint:
+        return default_host, default_port
+    if endpoint.startswith("["):
+        host, bracket, rest = endpoint[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ConfigError(
+                f"--rdzv-endpoint {endpoint!r}: write IPv6 addresses as [addr] or [addr]:port."
+            )
+        port_text = rest[1:]
+    elif endpoint.count(":") > 1:
+        host, port_text = endpoint, ""  # a bare IPv6 address
+    else:
+        host, _, port_text = endpoint.partition(":")
+    host = host or default_host
+    if not port_text:
+        return host, default_port
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise ConfigError(
+            f"--rdzv-endpoint {endpoint!r}: the port must be an integer from 1 to 65535."
+        )
+    return host, port
+
+
+def format_endpoint(host: str, port: int) -> str:
+    """``host:port``, with brackets around IPv6 addresses."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

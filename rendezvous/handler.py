@@ -1,0 +1,499 @@
+"""The ``metaflow`` rendezvous handler: fixed membership, node 0 hosts the store.
+
+Store layout, all below ``metaflow-torchrun/<rdzv id>/``:
+
+- ``round``: the newest round any node asked for (restart requests move it up).
+- ``r<N>/count``, ``r<N>/members``: arrivals in round N; the last arrival checks
+  the member list and sets ``r<N>/complete``, which the others wait on.
+- ``r<N>/agent/``: the store handed to torch's agent for round N (rank
+  assignment, exit barrier).
+- ``hb/<i>``: heartbeat counter of node i; node 0 watches them all.
+- ``failed``: ``<node index>|<reason>`` of the node that failed first.
+- ``closed``: one count per node that finished; node 0 waits for them before
+  taking the store down.
+"""
+
+import atexit
+import logging
+import sys
+import threading
+import time
+from datetime import timedelta
+from typing import Dict, List, Optional, Tuple
+
+from torch.distributed import DistError, PrefixStore, Store, TCPStore
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.elastic.rendezvous import (
+    RendezvousHandler,
+    RendezvousInfo,
+    RendezvousParameters,
+    RendezvousStoreInfo,
+)
+
+from .endpoint import derive_port, format_endpoint, parse_endpoint
+from .errors import (
+    ForeignJobError,
+    JobFailedError,
+    JoinTimeoutError,
+    MetaflowRendezvousError,
+    StoreUnreachableError,
+    TopologyError,
+)
+from .settings import RendezvousSettings
+from .store import (
+    JOB_KEY,
+    KEY_NAMESPACE,
+    connect_store,
+    host_store,
+    wait_for_keys,
+    wait_until_listening,
+)
+from .topology import NUM_NODES_VAR, Topology, read_topology
+
+from . import BACKEND_NAME
+
+logger = logging.getLogger(__name__)
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line saying how this node's agent failed, for the other nodes to print."""
+    if isinstance(error, ChildFailedError):
+        rank, failure = error.get_first_failure()
+        if failure.exitcode < 0:
+            how = f"was killed by {failure.signal_name()}"
+        else:
+            how = f"exited with code {failure.exitcode}"
+        text = f"global rank {rank} (local rank {failure.local_rank}) {how}"
+        # Only an error file (a worker wrapped by @record, or our bootstrap)
+        # carries the worker's own words; otherwise torch makes up a generic hint.
+        lines = str(failure.message).strip().splitlines() if failure.error_file_data else []
+        if lines:
+            text += f": {lines[-1]}"
+        return text
+    return f"{type(error).__name__}: {error}"
+
+
+class _Watcher(threading.Thread):
+    """Background thread of one node: heartbeats, restart requests, failures.
+
+    It sends this node's heartbeat, reads the newest requested round and the
+    ``failed`` key, and on node 0 fails the job when another node's heartbeat
+    stops. It talks over its own connection (``side``), shared under ``lock``
+    with the few calls the handler makes after a wait was abandoned.
+    """
+
+    def __init__(self, handler: "MetaflowRendezvousHandler", side: Store):
+        super().__init__(name="metaflow-rdzv-watch", daemon=True)
+        self.handler = handler
+        self.side = side
+        self.lock = threading.Lock()
+        self.latest_round = 0
+        self.failure: Optional[JobFailedError] = None
+        self._stop_event = threading.Event()
+        self._heartbeats: Dict[int, Tuple[int, float]] = {}
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join()
+
+    def run(self) -> None:
+        handler = self.handler
+        settings = handler.settings
+        next_beat = 0.0
+        while not self._stop_event.is_set():
+            now = time.monotonic()
+            try:
+                with self.lock:
+                    if now >= next_beat:
+                        self.side.add(handler.key(f"hb/{handler.node_index}"), 1)
+                        if handler.topology.is_control:
+                            self._check_heartbeats(now)
+                        next_beat = now + settings.heartbeat_interval
+                    self.latest_round = self.side.add(handler.key("round"), 0)
+                    if self.side.check([handler.key("failed")]):
+                        self.failure = handler.parse_failure(self.side.get(handler.key("failed")))
+            except (DistError, RuntimeError) as error:
+                self.failure = JobFailedError(
+                    f"the control node (node 0, rendezvous store at {handler.endpoint}) is "
+                    f"unreachable: {str(error).splitlines()[0]}. Node 0 died or the network "
+                    f"to it is cut; its own log says why.",
+                    node_index=0,
+                )
+            if self.failure is not None:
+                return
+            self._stop_event.wait(settings.poll_interval)
+
+    def _check_heartbeats(self, now: float) -> None:
+        handler = self.handler
+        others = range(1, handler.topology.num_nodes)
+        counts = self.side.multi_get([handler.key(f"hb/{i}") for i in others])
+        for node, raw in zip(others, counts):
+            count = int(raw)
+            last_count, since = self._heartbeats.get(node, (-1, now))
+            if count != last_count:
+                self._heartbeats[node] = (count, now)
+            elif count > 0 and now - since > handler.settings.heartbeat_timeout:
+                reason = (
+                    f"stopped sending heartbeats {now - since:.0f} s ago (its agent was "
+                    f"killed, or the network to it is cut)"
+                )
+                handler.publish_failure(reason, node, lock_held=True)
+                self.failure = handler.parse_failure(self.side.get(handler.key("failed")))
+                return
+
+
+class _AgentStore(Store):
+    """The store torch's agent gets for one round: a prefixed view of node 0's store.
+
+    Its blocking calls (``get`` of a missing key, ``wait``) never block the
+    agent's thread for long, and end as soon as the job fails elsewhere, so an
+    agent waiting in the exit barrier stops when another node gives up.
+    """
+
+    def __init__(self, inner: Store, handler: "MetaflowRendezvousHandler"):
+        super().__init__()
+        self._inner = inner
+        self._handler = handler
+        self._timeout = timedelta(seconds=handler.settings.join_timeout)
+
+    @property
+    def timeout(self) -> timedelta:
+        return self._timeout
+
+    def set_timeout(self, timeout: timedelta) -> None:
+        self._timeout = timeout
+
+    def wait(self, keys: List[str], timeout: Optional[timedelta] = None) -> None:
+        self._handler.wait_or_fail(self._inner, keys, timeout or self._timeout)
+
+    def get(self, key: str) -> bytes:
+        self.wait([key])
+        return self._inner.get(key)
+
+    def multi_get(self, keys: List[str]) -> List[bytes]:
+        self.wait(keys)
+        return self._inner.multi_get(keys)
+
+    def set(self, key: str, value) -> None:
+        self._inner.set(key, value)
+
+    def multi_set(self, keys: List[str], values) -> None:
+        self._inner.multi_set(keys, values)
+
+    def add(self, key: str, amount: int) -> int:
+        return self._inner.add(key, amount)
+
+    def compare_set(self, key: str, expected, desired) -> bytes:
+        return self._inner.compare_set(key, expected, desired)
+
+    def check(self, keys: List[str]) -> bool:
+        return self._inner.check(keys)
+
+    def delete_key(self, key: str) -> bool:
+        return self._inner.delete_key(key)
+
+    def num_keys(self) -> int:
+        return self._inner.num_keys()
+
+
+class MetaflowRendezvousHandler(RendezvousHandler):
+    """Rendezvous of a fixed set of Metaflow nodes; the group rank is the node index.
+
+    Contract:
+
+    - Node 0 (the control task) hosts a TCPStore at ``endpoint``; every node,
+      node 0 included, connects to it. Workers reuse it (``use_agent_store``),
+      with ``MASTER_ADDR`` the main IP, so the job needs one port.
+    - ``next_rendezvous`` joins round 0 on the first call and the next round on
+      each later call (a restart). A round completes when all ``num_nodes``
+      nodes arrived; each restart round starts with the workers' keys wiped, so
+      no stale address of the previous round leaks into the new one.
+    - ``num_nodes_waiting`` is 1 once another node asked for a newer round,
+      which makes the agent restart its workers into it without spending a
+      restart; it raises ``JobFailedError`` once any node failed.
+    - ``shutdown`` reads the in-flight exception (torch calls it from a
+      ``finally`` block): with one, this node publishes why it failed; without
+      one, it raises ``JobFailedError`` if another node failed meanwhile.
+
+    Raises:
+        JoinTimeoutError: not every node arrived within ``join_timeout``.
+        JobFailedError: another node failed, or node 0 became unreachable.
+        StorePortInUseError, StoreUnreachableError, ForeignJobError,
+        TopologyError: see their docstrings.
+    """
+
+    def __init__(
+        self,
+        topology: Topology,
+        settings: RendezvousSettings,
+        run_id: str,
+        host: str,
+        port: int,
+    ):
+        self.topology = topology
+        self.settings = settings
+        self.run_id = run_id
+        self.host = host
+        self.port = port
+        self.endpoint = format_endpoint(host, port)
+        self._namespace = f"{KEY_NAMESPACE}{run_id}/"
+        self._server: Optional[TCPStore] = None
+        self._main: Optional[Store] = None
+        self._watcher: Optional[_Watcher] = None
+        self._round = -1
+        self._closed = False
+        atexit.register(self._close_at_exit)
+
+    @property
+    def node_index(self) -> int:
+        return self.topology.node_index
+
+    def key(self, name: str) -> str:
+        return self._namespace + name
+
+    # torch's RendezvousHandler interface
+
+    def get_backend(self) -> str:
+        return BACKEND_NAME
+
+    @property
+    def use_agent_store(self) -> bool:
+        return True
+
+    def get_run_id(self) -> str:
+        return self.run_id
+
+    def is_closed(self) -> bool:
+        return self._watcher is not None and self._watcher.failure is not None
+
+    def set_closed(self) -> None:
+        self.publish_failure("closed the rendezvous", self.node_index)
+
+    def next_rendezvous(self) -> RendezvousInfo:
+        deadline = time.monotonic() + self.settings.join_timeout
+        if self._main is None:
+            self._open(deadline)
+        target = self._round + 1
+        if target > 0:
+            # Ask the other nodes to follow; if one already asked, this is a no-op.
+            self._main.compare_set(self.key("round"), str(target - 1), str(target))
+        self._join(target, deadline)
+        self._round = target
+        logger.info(
+            "metaflow rendezvous: node %d joined round %d of %s (%d nodes, store %s)",
+            self.node_index, target, self.run_id, self.topology.num_nodes, self.endpoint,
+        )
+        store = _AgentStore(PrefixStore(self.key(f"r{target}/agent"), self._main), self)
+        return RendezvousInfo(
+            store,
+            self.node_index,
+            self.topology.num_nodes,
+            RendezvousStoreInfo(master_addr=self.host, master_port=self.port),
+        )
+
+    def num_nodes_waiting(self) -> int:
+        self._raise_if_failed()
+        return 1 if self._watcher.latest_round > self._round else 0
+
+    def shutdown(self) -> bool:
+        in_flight = sys.exc_info()[1]
+        if in_flight is not None and not isinstance(in_flight, JobFailedError):
+            self.publish_failure(describe_failure(in_flight), self.node_index)
+        self._close()
+        if in_flight is None:
+            self._raise_if_failed()
+        return True
+
+    # Rounds
+
+    def _open(self, deadline: float) -> None:
+        """Host (node 0) or reach the store, check it is this job's, start the watcher."""
+        timeout = self.settings.heartbeat_timeout
+        if self.topology.is_control:
+            self._server = host_store(self.host, self.port, timeout)
+            others = [self.key(f"hb/{i}") for i in range(self.topology.num_nodes)]
+            self._server.multi_set(others + [self.key("round")], ["0"] * len(others) + ["0"])
+            # Set last: the other nodes take it as "the store is ready".
+            self._server.compare_set(JOB_KEY, "", self.run_id)
+            self._main = self._server
+        else:
+            if not wait_until_listening(self.host, self.port, deadline):
+                raise self._join_timeout(0, [0])
+            self._main = connect_store(self.host, self.port, timeout)
+            if not wait_for_keys(self._main, [JOB_KEY], deadline, lambda: None):
+                raise self._join_timeout(0, [0])
+        owner = self._main.get(JOB_KEY).decode()
+        if owner != self.run_id:
+            raise ForeignJobError(
+                f"the rendezvous store at {self.endpoint} belongs to job {owner!r}, not to "
+                f"{self.run_id!r}: two jobs share one store port. Give each job its own "
+                f"--rdzv-id (or its own master_port in @torchrun)."
+            )
+        self._watcher = _Watcher(self, connect_store(self.host, self.port, timeout))
+        self._watcher.start()
+
+    def _join(self, round_: int, deadline: float) -> None:
+        num_nodes = self.topology.num_nodes
+        prefix = f"r{round_}/"
+        self._main.append(self.key(prefix + "members"), f"{self.node_index},")
+        if self._main.add(self.key(prefix + "count"), 1) == num_nodes:
+            members = self._members(self._main, round_)
+            if sorted(members) != list(range(num_nodes)):
+                duplicates = sorted({i for i in members if members.count(i) > 1})
+                reason = (
+                    f"two agents claim node index {', '.join(map(str, duplicates))}; "
+                    f"every node needs its own MF_PARALLEL_NODE_INDEX"
+                )
+                self.publish_failure(reason, self.node_index)
+                raise TopologyError(reason + ".")
+            if round_ > 0:
+                self._wipe_worker_keys()
+            self._main.set(self.key(prefix + "complete"), "1")
+            return
+        if not self._wait(self._main, [self.key(prefix + "complete")], deadline):
+            with self._watcher.lock:
+                arrived = set(self._members(self._watcher.side, round_))
+            raise self._join_timeout(round_, sorted(set(range(num_nodes)) - arrived))
+
+    def _members(self, store: Store, round_: int) -> List[int]:
+        raw = store.get(self.key(f"r{round_}/members")).decode()
+        return [int(item) for item in raw.split(",") if item]
+
+    def _wipe_worker_keys(self) -> None:
+        """Delete every key the previous round's workers left, so the new round starts clean.
+
+        All workers are stopped at this point: every node is inside
+        ``next_rendezvous``, which the agent calls only after stopping them.
+        """
+        for key in self._main.list_keys():
+            if not key.startswith(KEY_NAMESPACE):
+                self._main.delete_key(key)
+
+    def _join_timeout(self, round_: int, missing: List[int]) -> JoinTimeoutError:
+        names = ", ".join(map(str, missing))
+        hint = (
+            " Node 0 hosts the store; it never came up."
+            if 0 in missing and not self.topology.is_control
+            else ""
+        )
+        return JoinTimeoutError(
+            f"round {round_} of rendezvous {self.run_id!r} did not complete within "
+            f"join_timeout={self.settings.join_timeout:g} s; missing nodes: {names}.{hint} "
+            f"Check that those nodes started (their logs say why not), or raise "
+            f"--rdzv-conf join_timeout.",
+            missing,
+        )
+
+    # Waiting and failing
+
+    def _wait(self, store: Store, keys: List[str], deadline: float) -> bool:
+        try:
+            return wait_for_keys(store, keys, deadline, self._failure)
+        except (DistError, RuntimeError) as error:
+            raise StoreUnreachableError(
+                f"lost the rendezvous store at {self.endpoint}: {error}"
+            ) from None
+
+    def wait_or_fail(self, store: Store, keys: List[str], timeout: timedelta) -> None:
+        """Wait for ``keys`` for the agent; raise when they do not come or the job failed."""
+        if not self._wait(store, keys, time.monotonic() + timeout.total_seconds()):
+            raise DistError(f"keys {keys} did not appear within {timeout.total_seconds():g} s")
+
+    def _failure(self) -> Optional[JobFailedError]:
+        return None if self._watcher is None else self._watcher.failure
+
+    def _raise_if_failed(self) -> None:
+        failure = self._failure()
+        if failure is not None:
+            raise failure
+
+    def parse_failure(self, raw: bytes) -> JobFailedError:
+        node, _, reason = raw.decode("utf-8", errors="replace").partition("|")
+        who = "the control node (node 0)" if node == "0" else f"node {node}"
+        return JobFailedError(
+            f"{who} failed first: {reason}", node_index=int(node) if node.isdigit() else None
+        )
+
+    def publish_failure(self, reason: str, node: int, lock_held: bool = False) -> None:
+        """Record ``node`` as failed unless another failure came first. Never raises."""
+        if self._watcher is None:
+            return
+        value = f"{node}|{reason}"
+        try:
+            if lock_held:
+                self._watcher.side.compare_set(self.key("failed"), "", value)
+            else:
+                with self._watcher.lock:
+                    self._watcher.side.compare_set(self.key("failed"), "", value)
+        except (DistError, RuntimeError) as error:
+            logger.warning("metaflow rendezvous: could not tell the other nodes: %s", error)
+
+    # Closing
+
+    def _close(self) -> None:
+        """Stop the watcher, count this node as closed; node 0 waits for the others."""
+        if self._closed or self._watcher is None:
+            self._closed = True
+            return
+        self._closed = True
+        watcher = self._watcher
+        watcher.stop()
+        try:
+            with watcher.lock:
+                if watcher.failure is None and watcher.side.check([self.key("failed")]):
+                    watcher.failure = self.parse_failure(watcher.side.get(self.key("failed")))
+                closed = watcher.side.add(self.key("closed"), 1)
+                if self.topology.is_control:
+                    self._wait_for_others_to_close(watcher.side, closed)
+        except (DistError, RuntimeError):
+            pass  # node 0 already went away: nothing left to tell it
+
+    def _wait_for_others_to_close(self, side: Store, closed: int) -> None:
+        deadline = time.monotonic() + self.settings.close_timeout
+        while closed < self.topology.num_nodes and time.monotonic() < deadline:
+            time.sleep(0.02)
+            closed = side.add(self.key("closed"), 0)
+
+    def _close_at_exit(self) -> None:
+        """Tell the other nodes if this agent exits without ``shutdown`` (a signal)."""
+        if not self._closed and self._watcher is not None:
+            self.publish_failure(
+                "its torchrun agent exited before the job finished (stopped by a signal?)",
+                self.node_index,
+            )
+            self._close()
+
+
+def create_handler(params: RendezvousParameters) -> MetaflowRendezvousHandler:
+    """Build the handler from torchrun's parameters and the Metaflow environment.
+
+    Raises:
+        TopologyError: the environment is incomplete or ``--nnodes`` differs
+            from the number of Metaflow nodes.
+        ConfigError: a bad ``--rdzv-conf`` or ``--rdzv-endpoint``.
+    """
+    topology = read_topology()
+    settings = RendezvousSettings.from_config(params.config)
+    if not params.min_nodes == params.max_nodes == topology.num_nodes:
+        given = (
+            str(params.min_nodes)
+            if params.min_nodes == params.max_nodes
+            else f"{params.min_nodes}:{params.max_nodes}"
+        )
+        raise TopologyError(
+            f"--nnodes={given}, but this Metaflow step runs {topology.num_nodes} nodes "
+            f"({NUM_NODES_VAR}={topology.num_nodes}). The metaflow backend has a fixed "
+            f"membership: pass --nnodes={topology.num_nodes}."
+        )
+    host, port = parse_endpoint(params.endpoint, topology.main_ip, derive_port(params.run_id))
+    return MetaflowRendezvousHandler(topology, settings, params.run_id, host, port)
+
+
+__all__ = [
+    "BACKEND_NAME",
+    "MetaflowRendezvousError",
+    "MetaflowRendezvousHandler",
+    "create_handler",
+    "describe_failure",
+]

@@ -1,0 +1,76 @@
+"""Settings of the ``metaflow`` backend: every ``--rdzv-conf`` key in one dataclass."""
+
+import math
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+from .errors import ConfigError
+
+# Keys that torch's launcher adds to every backend's config on its own
+# (LaunchConfig injects ``timeout``); accepted and ignored so that a user's
+# typo in one of our keys can still be refused.
+_KEYS_TORCH_ADDS = frozenset({"timeout"})
+
+
+@dataclass(frozen=True)
+class RendezvousSettings:
+    """Timeouts of the ``metaflow`` backend, in seconds.
+
+    Each field is also an ``--rdzv-conf`` key of the same name.
+
+    Attributes:
+        join_timeout: how long a round waits for every node to arrive before it
+            fails naming the missing nodes.
+        heartbeat_interval: how often a node tells the store it is alive.
+        heartbeat_timeout: how long a node may stay silent (agent killed,
+            network cut) before the job is failed naming it; also the time
+            after which an unanswering store counts as unreachable.
+        poll_interval: how often a node looks for a failure elsewhere or a
+            restart round asked for by another node.
+        close_timeout: how long node 0 keeps the store up at the end so the
+            other nodes can read how the job ended.
+    """
+
+    join_timeout: float = 600.0
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 15.0
+    poll_interval: float = 0.1
+    close_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(
+                    f"--rdzv-conf {field.name}={value!r}: must be a positive number of seconds."
+                )
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ConfigError(
+                f"--rdzv-conf heartbeat_timeout={self.heartbeat_timeout} must be larger than "
+                f"heartbeat_interval={self.heartbeat_interval}, or every node looks dead."
+            )
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> "RendezvousSettings":
+        """Build settings from ``RendezvousParameters.config`` (strings from the command line).
+
+        Raises:
+            ConfigError: an unknown key, or a value that is not a positive number.
+        """
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(config) - known - _KEYS_TORCH_ADDS)
+        if unknown:
+            raise ConfigError(
+                f"unknown --rdzv-conf key(s) {', '.join(unknown)} for the metaflow backend; "
+                f"known keys: {', '.join(sorted(known))}."
+            )
+        values = {}
+        for key in known & set(config):
+            raw = config[key]
+            try:
+                values[key] = float(raw)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"--rdzv-conf {key}={raw!r}: must be a positive number of seconds."
+                ) from None
+        return cls(**values)

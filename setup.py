@@ -1,0 +1,32 @@
+from setuptools import find_namespace_packages, setup
+
+with open("README.md", encoding="utf-8") as readme:
+    long_description = readme.read()
+
+setup(
+    name="metaflow-torchrun",
+    version="0.1.0",
+    description="Run unchanged torchrun programs across the nodes of a Metaflow @parallel step",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_namespace_packages(
+        include=["rendezvous", "rendezvous.*", "metaflow_extensions.*"]
+    ),
+    # torch 2.13 and metaflow 2.19.39 are the versions the test suite runs
+    # against; the backend relies on TCPStore.list_keys and the agent-store
+    # contract of torch.distributed.elastic as they are there.
+    install_requires=["torch>=2.13", "metaflow>=2.19.39"],
+    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis"]},
+    entry_points={
+        # torch calls the loaded object with no arguments and registers what it
+        # returns under the entry point's name.
+        "torchrun.handlers": ["metaflow = rendezvous._entry_point:handler_creator"],
+    },
+    classifiers=[
+        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
