@@ -18,7 +18,8 @@ setup(
     # against; the backend relies on TCPStore.list_keys and the agent-store
     # contract of torch.distributed.elastic as they are there.
     install_requires=["torch>=2.13", "metaflow>=2.19.39"],
-    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis"]},
+    # numpy only silences torch's "Failed to initialize NumPy" warning in test logs.
+    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "numpy"]},
     entry_points={
         # torch calls the loaded object with no arguments and registers what it
         # returns under the entry point's name.

@@ -23,8 +23,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     except MetaflowRendezvousError as error:
         print(f"metaflow rendezvous: {type(error).__name__}: {error}", file=sys.stderr)
         sys.exit(1)
-    except ChildFailedError:
-        sys.exit(1)  # torchrun already printed which rank failed and why
+    except ChildFailedError as error:
+        # The table torchrun shows as the end of a traceback, without the traceback.
+        print(error.format_msg(), file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Store layout, all below ``metaflow-torchrun/<rdzv id>/``:
 
 import atexit
 import logging
+import os
 import sys
 import threading
 import time
@@ -66,7 +67,10 @@ def describe_failure(error: BaseException) -> str:
         text = f"global rank {rank} (local rank {failure.local_rank}) {how}"
         # Only an error file (a worker wrapped by @record, or our bootstrap)
         # carries the worker's own words; otherwise torch makes up a generic hint.
-        lines = str(failure.message).strip().splitlines() if failure.error_file_data else []
+        message = failure.message if os.path.isfile(failure.error_file) else ""
+        if isinstance(message, dict):  # the layout torch's @record writes
+            message = message.get("message", "")
+        lines = str(message).strip().splitlines()
         if lines:
             text += f": {lines[-1]}"
         return text
@@ -450,8 +454,12 @@ class MetaflowRendezvousHandler(RendezvousHandler):
             pass  # node 0 already went away: nothing left to tell it
 
     def _wait_for_others_to_close(self, side: Store, closed: int) -> None:
+        # Only nodes that ever sent a heartbeat can close; one that never came
+        # (a join timeout) must not hold node 0 for close_timeout.
+        counts = side.multi_get([self.key(f"hb/{i}") for i in range(self.topology.num_nodes)])
+        expected = sum(1 for count in counts if int(count) > 0)
         deadline = time.monotonic() + self.settings.close_timeout
-        while closed < self.topology.num_nodes and time.monotonic() < deadline:
+        while closed < expected and time.monotonic() < deadline:
             time.sleep(0.02)
             closed = side.add(self.key("closed"), 0)
 

@@ -1,0 +1,16 @@
+"""Worker: one gloo all_reduce; prints what every rank saw."""
+import os
+
+import torch
+import torch.distributed as dist
+
+dist.init_process_group("gloo")
+value = torch.tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(value)
+print(
+    f"rank={dist.get_rank()} world={dist.get_world_size()} group_rank={os.environ['GROUP_RANK']} "
+    f"sum={value.item():g} master={os.environ['MASTER_ADDR']} "
+    f"restart={os.environ['TORCHELASTIC_RESTART_COUNT']}",
+    flush=True,
+)
+dist.destroy_process_group()

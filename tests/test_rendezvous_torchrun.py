@@ -1,0 +1,192 @@
+"""The backend under real torchrun agents, real workers and node 0's real TCPStore, on loopback."""
+
+import signal
+import socket
+import time
+
+import pytest
+
+from torchrun_nodes import Job, lines_with
+
+pytestmark = pytest.mark.timeout(180)
+
+FAST = {"join_timeout": 60, "heartbeat_interval": 0.5, "heartbeat_timeout": 4}
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "module"])
+def test_two_nodes_two_processes_all_reduce(tmp_path, launcher):
+    with Job(tmp_path, 2, "allreduce.py", nproc_per_node=2, launcher=launcher) as job:
+        job.start()
+        assert job.wait() == {0: 0, 1: 0}
+        for node in (0, 1):
+            lines = lines_with(job.output(node), "sum=")
+            assert len(lines) == 2, job.output(node)
+            for line in lines:
+                # group rank is the Metaflow node index; 1+2+3+4 over 4 ranks
+                assert f"group_rank={node}" in line and "world=4" in line and "sum=10" in line
+                assert "master=127.0.0.1" in line
+        assert job.live_processes() == []
+
+
+def test_node_zero_starting_last_still_forms_the_round(tmp_path):
+    with Job(tmp_path, 3, "allreduce.py") as job:
+        job.start([1, 2])
+        time.sleep(2)
+        job.start([0])
+        assert job.wait() == {0: 0, 1: 0, 2: 0}
+        assert "sum=6" in job.output(2)
+
+
+def test_ipv6_main_address(tmp_path):
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("IPv6 loopback is not available on this machine")
+    with Job(tmp_path, 2, "allreduce.py", main_ip="::1") as job:
+        job.start()
+        assert job.wait() == {0: 0, 1: 0}
+        assert "master=::1" in job.output(1)
+
+
+def test_worker_failing_once_recovers_with_max_restarts(tmp_path):
+    with Job(
+        tmp_path, 2, "fail_once.py", [str(tmp_path)], nproc_per_node=2,
+        torchrun_args=["--max-restarts=1"], env={"FAIL_RANK": "3"},
+    ) as job:
+        job.start()
+        assert job.wait() == {0: 0, 1: 0}
+        # every rank of the second round finished its all_reduce over the full world
+        sums = [line for node in (0, 1) for line in lines_with(job.output(node), "sum=")]
+        assert len(sums) == 4 and all("sum=4" in line for line in sums), sums
+        assert (tmp_path / "failed-once").exists()
+
+
+def test_rank_raising_stops_idle_node(tmp_path):
+    with Job(tmp_path, 2, "raise_or_idle.py", rdzv_conf=FAST, env={"FAIL_RANK": "1"}) as job:
+        job.start()
+        # the idle rank would sleep 120 s: both nodes must stop long before
+        codes = job.wait(timeout=45)
+        assert codes[0] != 0 and codes[1] != 0
+        node0 = job.output(0)
+        assert "JobFailedError" in node0 and "node 1 failed first" in node0, node0
+        assert "global rank 1 (local rank 0) exited with code 1: ValueError: rank failed on purpose" in node0
+        assert job.live_processes() == []
+
+
+def test_control_rank_raising_stops_worker_node(tmp_path):
+    with Job(tmp_path, 2, "raise_or_idle.py", rdzv_conf=FAST, env={"FAIL_RANK": "0"}) as job:
+        job.start()
+        codes = job.wait(timeout=45)
+        assert codes[0] != 0 and codes[1] != 0
+        assert "the control node (node 0) failed first" in job.output(1), job.output(1)
+
+
+def test_node_that_never_arrives_is_named(tmp_path):
+    with Job(tmp_path, 3, "allreduce.py", launcher="module", rdzv_conf={"join_timeout": 3}) as job:
+        job.start([0, 2])
+        codes = job.wait(timeout=60)
+        assert codes == {0: 1, 2: 1}
+        for node in (0, 2):
+            assert "JoinTimeoutError" in job.output(node)
+            assert "missing nodes: 1." in job.output(node), job.output(node)
+
+
+def test_control_node_that_never_arrives_is_named(tmp_path):
+    with Job(tmp_path, 2, "allreduce.py", launcher="module", rdzv_conf={"join_timeout": 3}) as job:
+        job.start([1])
+        assert job.wait(timeout=60) == {1: 1}
+        assert "missing nodes: 0. Node 0 hosts the store; it never came up." in job.output(1)
+
+
+def test_killed_agent_is_detected_by_heartbeat(tmp_path):
+    with Job(tmp_path, 3, "idle.py", rdzv_conf=FAST) as job:
+        job.start()
+        wait_for_output(job, [0, 1, 2], "started rank=")
+        job.signal(2, signal.SIGKILL)
+        codes = job.wait(timeout=60, nodes=[0, 1])
+        assert codes[0] != 0 and codes[1] != 0
+        assert "node 2 failed first: stopped sending heartbeats" in job.output(1), job.output(1)
+
+
+def test_killed_control_node_stops_the_others(tmp_path):
+    with Job(tmp_path, 2, "idle.py", rdzv_conf=FAST) as job:
+        job.start()
+        wait_for_output(job, [0, 1], "started rank=")
+        job.signal(0, signal.SIGKILL)
+        assert job.wait(timeout=60, nodes=[1])[1] != 0
+        assert "the control node (node 0, rendezvous store at" in job.output(1), job.output(1)
+        assert "is unreachable" in job.output(1)
+
+
+def test_terminated_agent_tells_the_others(tmp_path):
+    with Job(tmp_path, 2, "idle.py", rdzv_conf=FAST) as job:
+        job.start()
+        wait_for_output(job, [0, 1], "started rank=")
+        job.signal(1, signal.SIGTERM)
+        codes = job.wait(timeout=60)
+        assert codes[0] != 0 and codes[1] != 0
+        assert "node 1 failed first: its torchrun agent exited before the job finished" in job.output(0)
+        assert job.live_processes() == []
+
+
+def test_busy_port_on_node_zero(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with Job(
+            tmp_path, 1, "allreduce.py", launcher="module",
+            torchrun_args=[f"--rdzv-endpoint=127.0.0.1:{port}"],
+        ) as job:
+            job.start()
+            assert job.wait(timeout=60) == {0: 1}
+            out = job.output(0)
+            assert f"StorePortInUseError: node 0 cannot host the rendezvous store: port {port} is already in use" in out
+            assert "Traceback" not in out
+
+
+@pytest.mark.parametrize(
+    "env, torchrun_args, message",
+    [
+        ({"MF_PARALLEL_MAIN_IP": ""}, [], "TopologyError: MF_PARALLEL_MAIN_IP is not set"),
+        ({"MF_PARALLEL_NODE_INDEX": "5"}, [], "MF_PARALLEL_NODE_INDEX=5 is out of range"),
+        ({}, ["--nnodes=3"], "--nnodes=3, but this Metaflow step runs 2 nodes"),
+        ({}, ["--rdzv-conf=join_timeout=never"], "ConfigError: --rdzv-conf join_timeout='never'"),
+    ],
+)
+def test_bad_input_fails_with_a_message(tmp_path, env, torchrun_args, message):
+    with Job(tmp_path, 2, "allreduce.py", launcher="module", torchrun_args=torchrun_args) as job:
+        job.start([0], env=env)
+        assert job.wait(timeout=60) == {0: 1}
+        out = job.output(0)
+        assert message in out, out
+        assert "Traceback" not in out
+
+
+def test_node_of_another_job_is_refused(tmp_path):
+    port_arg = "--rdzv-endpoint=127.0.0.1:{}".format(free_port())
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with Job(tmp_path / "a", 2, "idle.py", torchrun_args=[port_arg], launcher="module") as ours, \
+            Job(tmp_path / "b", 2, "idle.py", torchrun_args=[port_arg], launcher="module") as theirs:
+        ours.start()
+        wait_for_output(ours, [0, 1], "started rank=")
+        theirs.start([1])
+        assert theirs.wait(timeout=60) == {1: 1}
+        assert f"belongs to job {ours.run_id!r}, not to {theirs.run_id!r}" in theirs.output(1)
+        assert all(ours.procs[node].poll() is None for node in (0, 1)), "our job must go on"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_output(job: Job, nodes, needle: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(needle in job.output(node) for node in nodes):
+        assert time.monotonic() < deadline, {node: job.output(node)[-2000:] for node in nodes}
+        for node in nodes:
+            assert job.procs[node].poll() is None, job.output(node)
+        time.sleep(0.1)

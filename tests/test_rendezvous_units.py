@@ -1,0 +1,127 @@
+"""Pure logic of the backend: settings, endpoint, topology, registration, failure text."""
+
+import pytest
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+from torch.distributed.elastic.rendezvous import RendezvousParameters, rendezvous_handler_registry
+
+import rendezvous
+from rendezvous.endpoint import DERIVED_PORT_BASE, DERIVED_PORT_SPAN, derive_port, parse_endpoint
+from rendezvous.errors import ConfigError, TopologyError
+from rendezvous.handler import create_handler, describe_failure
+from rendezvous.settings import RendezvousSettings
+from rendezvous.topology import read_topology
+
+ENV = {"MF_PARALLEL_NODE_INDEX": "1", "MF_PARALLEL_NUM_NODES": "3", "MF_PARALLEL_MAIN_IP": "10.0.0.5"}
+
+
+def test_settings_defaults_and_overrides():
+    assert RendezvousSettings.from_config({"timeout": "900"}) == RendezvousSettings()
+    settings = RendezvousSettings.from_config({"join_timeout": "5", "heartbeat_timeout": "2.5"})
+    assert (settings.join_timeout, settings.heartbeat_timeout) == (5.0, 2.5)
+    assert RendezvousSettings().join_timeout == 600
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"join_timout": "5"}, "unknown --rdzv-conf key(s) join_timout"),
+        ({"join_timeout": "soon"}, "join_timeout='soon': must be a positive number"),
+        ({"join_timeout": "0"}, "join_timeout=0.0: must be a positive number"),
+        ({"join_timeout": "nan"}, "must be a positive number"),
+        ({"heartbeat_timeout": "1", "heartbeat_interval": "2"}, "must be larger than"),
+    ],
+)
+def test_settings_refuse_bad_values(config, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        RendezvousSettings.from_config(config)
+
+
+def test_derived_port_is_stable_and_spread():
+    assert derive_port("job-a") == derive_port("job-a")
+    ports = {derive_port(f"job-{i}") for i in range(200)}
+    assert all(DERIVED_PORT_BASE <= port < DERIVED_PORT_BASE + DERIVED_PORT_SPAN for port in ports)
+    assert len(ports) > 190
+
+
+@pytest.mark.parametrize(
+    "endpoint, expected",
+    [
+        ("", ("10.0.0.5", 29400)),
+        ("host", ("host", 29400)),
+        ("host:123", ("host", 123)),
+        (":123", ("10.0.0.5", 123)),
+        ("[::1]:123", ("::1", 123)),
+        ("[::1]", ("::1", 29400)),
+        ("fe80::1", ("fe80::1", 29400)),
+    ],
+)
+def test_parse_endpoint(endpoint, expected):
+    assert parse_endpoint(endpoint, "10.0.0.5", 29400) == expected
+
+
+@pytest.mark.parametrize("endpoint", ["host:0", "host:70000", "host:http", "[::1:5", "[::1]x"])
+def test_parse_endpoint_refuses(endpoint):
+    with pytest.raises(ConfigError, match="--rdzv-endpoint"):
+        parse_endpoint(endpoint, "h", 1)
+
+
+def test_topology_read():
+    topology = read_topology(ENV)
+    assert (topology.node_index, topology.num_nodes, topology.main_ip) == (1, 3, "10.0.0.5")
+    assert not topology.is_control
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"MF_PARALLEL_MAIN_IP": ""}, "MF_PARALLEL_MAIN_IP is not set"),
+        ({"MF_PARALLEL_NUM_NODES": "two"}, "MF_PARALLEL_NUM_NODES='two' is not an integer"),
+        ({"MF_PARALLEL_NODE_INDEX": "3"}, "out of range for MF_PARALLEL_NUM_NODES=3"),
+        ({"MF_PARALLEL_NODE_INDEX": "-1"}, "out of range"),
+        ({"MF_PARALLEL_NUM_NODES": "0"}, "at least one node"),
+    ],
+)
+def test_topology_refuses(change, message):
+    with pytest.raises(TopologyError, match=message):
+        read_topology({**ENV, **change})
+
+
+def params(nnodes=(3, 3), endpoint="", **config):
+    return RendezvousParameters("metaflow", endpoint, "run-1", nnodes[0], nnodes[1], **config)
+
+
+def test_create_handler_uses_topology_and_derived_port(monkeypatch):
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    handler = create_handler(params())
+    assert (handler.host, handler.port) == ("10.0.0.5", derive_port("run-1"))
+    assert create_handler(params(endpoint="[::1]:4000")).endpoint == "[::1]:4000"
+
+
+@pytest.mark.parametrize("nnodes, shown", [((2, 2), "--nnodes=2,"), ((1, 3), "--nnodes=1:3,")])
+def test_create_handler_refuses_nnodes_mismatch(monkeypatch, nnodes, shown):
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(TopologyError, match=f"{shown} but this Metaflow step runs 3 nodes.*--nnodes=3"):
+        create_handler(params(nnodes))
+
+
+def test_register_is_idempotent_and_entry_point_declared():
+    rendezvous.register()
+    rendezvous.register()
+    from importlib.metadata import entry_points
+
+    (entry,) = [ep for ep in entry_points(group="torchrun.handlers") if ep.name == "metaflow"]
+    assert entry.load()() is create_handler
+    assert rendezvous_handler_registry._registry["metaflow"] is create_handler
+
+
+def test_describe_failure_names_rank_and_error(tmp_path):
+    error_file = tmp_path / "error.json"
+    error_file.write_text('{"message": {"message": "ValueError: boom", "extraInfo": {"timestamp": "1"}}}')
+    failure = ProcessFailure(local_rank=1, pid=10, exitcode=1, error_file=str(error_file))
+    text = describe_failure(ChildFailedError("train.py", {3: failure}))
+    assert text == "global rank 3 (local rank 1) exited with code 1: ValueError: boom"
+    killed = ProcessFailure(local_rank=0, pid=11, exitcode=-9, error_file="<N/A>")
+    assert describe_failure(ChildFailedError("x", {2: killed})) == "global rank 2 (local rank 0) was killed by SIGKILL"
+    assert describe_failure(KeyError("k")) == "KeyError: 'k'"
