@@ -15,7 +15,7 @@ $(BIN)/python:
 venv: $(BIN)/python
 
 demo: venv
-	$(BIN)/python examples/local_demo.py
+	$(BIN)/python examples/plain-torchrun/launch_local.py
 
 test: venv
 	$(BIN)/python -m pytest tests

@@ -81,6 +81,16 @@ def test_control_rank_raising_stops_worker_node(tmp_path):
         assert "the control node (node 0) failed first" in job.output(1), job.output(1)
 
 
+def test_node_that_finished_fails_when_another_node_fails_later(tmp_path):
+    # node 0's worker ends at once and its agent waits in torch's exit barrier
+    env = {"FAIL_RANK": "1", "FAIL_AFTER": "3", "IDLE_SECONDS": "0"}
+    with Job(tmp_path, 2, "raise_or_idle.py", launcher="module", rdzv_conf=FAST, env=env) as job:
+        job.start()
+        codes = job.wait(timeout=45)
+        assert codes == {0: 1, 1: 1}
+        assert "JobFailedError: node 1 failed first" in job.output(0), job.output(0)
+
+
 def test_node_that_never_arrives_is_named(tmp_path):
     with Job(tmp_path, 3, "allreduce.py", launcher="module", rdzv_conf={"join_timeout": 3}) as job:
         job.start([0, 2])

@@ -1,4 +1,7 @@
-"""Worker: global rank FAIL_RANK raises at once; every other rank idles outside any collective."""
+"""Worker: global rank FAIL_RANK raises after FAIL_AFTER seconds; the others idle IDLE_SECONDS.
+
+The idle ranks are outside any collective, so only the backend can tell them.
+"""
 import os
 import time
 
@@ -8,6 +11,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 @record
 def main() -> None:
     if int(os.environ["RANK"]) == int(os.environ.get("FAIL_RANK", "0")):
+        time.sleep(float(os.environ.get("FAIL_AFTER", "0")))
         raise ValueError("rank failed on purpose")
     time.sleep(float(os.environ.get("IDLE_SECONDS", "120")))
 
