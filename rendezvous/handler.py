@@ -381,11 +381,12 @@ class MetaflowRendezvousHandler(RendezvousHandler):
             if 0 in missing and not self.topology.is_control
             else ""
         )
+        # The list ends the message so that tools can cut it off the end.
         return JoinTimeoutError(
             f"round {round_} of rendezvous {self.run_id!r} did not complete within "
-            f"join_timeout={self.settings.join_timeout:g} s; missing nodes: {names}.{hint} "
-            f"Check that those nodes started (their logs say why not), or raise "
-            f"--rdzv-conf join_timeout.",
+            f"join_timeout={self.settings.join_timeout:g} s.{hint} Check that the missing "
+            f"nodes started (their logs say why not), or raise --rdzv-conf join_timeout; "
+            f"missing nodes: {names}",
             missing,
         )
 

@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from rendezvous.endpoint import derive_port
+from rendezvous.store import wait_until_listening
 from torchrun_nodes import Job, lines_with
 
 pytestmark = pytest.mark.timeout(180)
@@ -98,14 +100,37 @@ def test_node_that_never_arrives_is_named(tmp_path):
         assert codes == {0: 1, 2: 1}
         for node in (0, 2):
             assert "JoinTimeoutError" in job.output(node)
-            assert "missing nodes: 1." in job.output(node), job.output(node)
+            assert job.output(node).rstrip().endswith("missing nodes: 1"), job.output(node)
 
 
 def test_control_node_that_never_arrives_is_named(tmp_path):
     with Job(tmp_path, 2, "allreduce.py", launcher="module", rdzv_conf={"join_timeout": 3}) as job:
         job.start([1])
         assert job.wait(timeout=60) == {1: 1}
-        assert "missing nodes: 0. Node 0 hosts the store; it never came up." in job.output(1)
+        assert "Node 0 hosts the store; it never came up." in job.output(1)
+        assert job.output(1).rstrip().endswith("missing nodes: 0")
+
+
+def test_two_agents_claiming_one_index_are_refused(tmp_path):
+    with Job(tmp_path, 3, "allreduce.py", launcher="module", rdzv_conf={"join_timeout": 30}) as job:
+        job.start([0, 1])
+        time.sleep(1)
+        job.start([2], env={"MF_PARALLEL_NODE_INDEX": "1"})
+        codes = job.wait(timeout=60)
+        assert all(code != 0 for code in codes.values()), codes
+        assert "two agents claim node index 1" in job.output(0), job.output(0)
+
+
+def test_sigterm_during_join_ends_the_agent(tmp_path):
+    with Job(tmp_path, 2, "allreduce.py", launcher="module", rdzv_conf={"join_timeout": 120}) as job:
+        job.start([0])
+        # node 0 hosts the store right before it waits for node 1
+        port = derive_port(job.run_id)
+        assert wait_until_listening("127.0.0.1", port, time.monotonic() + 60), job.output(0)
+        time.sleep(0.5)
+        job.signal(0, signal.SIGTERM)
+        # far inside join_timeout: the wait let the signal through
+        assert job.wait(timeout=30) != {0: 0}
 
 
 def test_killed_agent_is_detected_by_heartbeat(tmp_path):
