@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from datetime import timedelta
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 from torch.distributed import DistError, PrefixStore, Store, TCPStore
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -31,6 +31,7 @@ from torch.distributed.elastic.rendezvous import (
     RendezvousStoreInfo,
 )
 
+from . import BACKEND_NAME
 from .endpoint import derive_port, format_endpoint, parse_endpoint
 from .errors import (
     ForeignJobError,
@@ -51,9 +52,9 @@ from .store import (
 )
 from .topology import NUM_NODES_VAR, Topology, read_topology
 
-from . import BACKEND_NAME
-
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def describe_failure(error: BaseException) -> str:
@@ -77,20 +78,30 @@ def describe_failure(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def failure_from_record(raw: bytes) -> JobFailedError:
+    """The error to raise on every node from the ``failed`` key's ``<node>|<reason>``."""
+    node, _, reason = raw.decode("utf-8", errors="replace").partition("|")
+    who = "the control node (node 0)" if node == "0" else f"node {node}"
+    return JobFailedError(
+        f"{who} failed first: {reason}", node_index=int(node) if node.isdigit() else None
+    )
+
+
 class _Watcher(threading.Thread):
     """Background thread of one node: heartbeats, restart requests, failures.
 
     It sends this node's heartbeat, reads the newest requested round and the
     ``failed`` key, and on node 0 fails the job when another node's heartbeat
-    stops. It talks over its own connection (``side``), shared under ``lock``
-    with the few calls the handler makes after a wait was abandoned.
+    stops. It talks over a connection of its own, which the handler also uses
+    (through ``call``) once its main connection may be stuck in an abandoned
+    wait: to publish a failure, read the members of a round, or close.
     """
 
     def __init__(self, handler: "MetaflowRendezvousHandler", side: Store):
         super().__init__(name="metaflow-rdzv-watch", daemon=True)
         self.handler = handler
-        self.side = side
-        self.lock = threading.Lock()
+        self._side = side
+        self._lock = threading.RLock()
         self.latest_round = 0
         self.failure: Optional[JobFailedError] = None
         self._stop_event = threading.Event()
@@ -101,6 +112,25 @@ class _Watcher(threading.Thread):
         if self.is_alive() and threading.current_thread() is not self:
             self.join()
 
+    def call(self, operation: Callable[[Store], T]) -> T:
+        """Run ``operation`` on the watcher's connection, one caller at a time."""
+        with self._lock:
+            return operation(self._side)
+
+    def read_failure(self) -> Optional[JobFailedError]:
+        key = self.handler.key("failed")
+        return self.call(
+            lambda store: failure_from_record(store.get(key)) if store.check([key]) else None
+        )
+
+    def publish_failure(self, reason: str, node: int) -> None:
+        """Record ``node`` as failed unless another failure came first. Never raises."""
+        key = self.handler.key("failed")
+        try:
+            self.call(lambda store: store.compare_set(key, "", f"{node}|{reason}"))
+        except (DistError, RuntimeError) as error:
+            logger.warning("metaflow rendezvous: could not tell the other nodes: %s", error)
+
     def run(self) -> None:
         handler = self.handler
         settings = handler.settings
@@ -108,15 +138,13 @@ class _Watcher(threading.Thread):
         while not self._stop_event.is_set():
             now = time.monotonic()
             try:
-                with self.lock:
-                    if now >= next_beat:
-                        self.side.add(handler.key(f"hb/{handler.node_index}"), 1)
-                        if handler.topology.is_control:
-                            self._check_heartbeats(now)
-                        next_beat = now + settings.heartbeat_interval
-                    self.latest_round = self.side.add(handler.key("round"), 0)
-                    if self.side.check([handler.key("failed")]):
-                        self.failure = handler.parse_failure(self.side.get(handler.key("failed")))
+                if now >= next_beat:
+                    self.call(lambda store: store.add(handler.key(f"hb/{handler.node_index}"), 1))
+                    if handler.topology.is_control:
+                        self._check_heartbeats(now)
+                    next_beat = now + settings.heartbeat_interval
+                self.latest_round = self.call(lambda store: store.add(handler.key("round"), 0))
+                self.failure = self.failure or self.read_failure()
             except (DistError, RuntimeError) as error:
                 self.failure = JobFailedError(
                     f"the control node (node 0, rendezvous store at {handler.endpoint}) is "
@@ -131,7 +159,8 @@ class _Watcher(threading.Thread):
     def _check_heartbeats(self, now: float) -> None:
         handler = self.handler
         others = range(1, handler.topology.num_nodes)
-        counts = self.side.multi_get([handler.key(f"hb/{i}") for i in others])
+        keys = [handler.key(f"hb/{i}") for i in others]
+        counts = self.call(lambda store: store.multi_get(keys))
         for node, raw in zip(others, counts):
             count = int(raw)
             last_count, since = self._heartbeats.get(node, (-1, now))
@@ -142,8 +171,8 @@ class _Watcher(threading.Thread):
                     f"stopped sending heartbeats {now - since:.0f} s ago (its agent was "
                     f"killed, or the network to it is cut)"
                 )
-                handler.publish_failure(reason, node, lock_held=True)
-                self.failure = handler.parse_failure(self.side.get(handler.key("failed")))
+                self.publish_failure(reason, node)
+                self.failure = self.read_failure()
                 return
 
 
@@ -272,7 +301,7 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         return self._watcher is not None and self._watcher.failure is not None
 
     def set_closed(self) -> None:
-        self.publish_failure("closed the rendezvous", self.node_index)
+        self._publish_failure("closed the rendezvous")
 
     def next_rendezvous(self) -> RendezvousInfo:
         deadline = time.monotonic() + self.settings.join_timeout
@@ -303,7 +332,7 @@ class MetaflowRendezvousHandler(RendezvousHandler):
     def shutdown(self) -> bool:
         in_flight = sys.exc_info()[1]
         if in_flight is not None and not isinstance(in_flight, JobFailedError):
-            self.publish_failure(describe_failure(in_flight), self.node_index)
+            self._publish_failure(describe_failure(in_flight))
         self._close()
         if in_flight is None:
             self._raise_if_failed()
@@ -349,15 +378,14 @@ class MetaflowRendezvousHandler(RendezvousHandler):
                     f"two agents claim node index {', '.join(map(str, duplicates))}; "
                     f"every node needs its own MF_PARALLEL_NODE_INDEX"
                 )
-                self.publish_failure(reason, self.node_index)
+                self._publish_failure(reason)
                 raise TopologyError(reason + ".")
             if round_ > 0:
                 self._wipe_worker_keys()
             self._main.set(self.key(prefix + "complete"), "1")
             return
         if not self._wait(self._main, [self.key(prefix + "complete")], deadline):
-            with self._watcher.lock:
-                arrived = set(self._members(self._watcher.side, round_))
+            arrived = set(self._watcher.call(lambda store: self._members(store, round_)))
             raise self._join_timeout(round_, sorted(set(range(num_nodes)) - arrived))
 
     def _members(self, store: Store, round_: int) -> List[int]:
@@ -413,63 +441,43 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         if failure is not None:
             raise failure
 
-    def parse_failure(self, raw: bytes) -> JobFailedError:
-        node, _, reason = raw.decode("utf-8", errors="replace").partition("|")
-        who = "the control node (node 0)" if node == "0" else f"node {node}"
-        return JobFailedError(
-            f"{who} failed first: {reason}", node_index=int(node) if node.isdigit() else None
-        )
-
-    def publish_failure(self, reason: str, node: int, lock_held: bool = False) -> None:
-        """Record ``node`` as failed unless another failure came first. Never raises."""
-        if self._watcher is None:
-            return
-        value = f"{node}|{reason}"
-        try:
-            if lock_held:
-                self._watcher.side.compare_set(self.key("failed"), "", value)
-            else:
-                with self._watcher.lock:
-                    self._watcher.side.compare_set(self.key("failed"), "", value)
-        except (DistError, RuntimeError) as error:
-            logger.warning("metaflow rendezvous: could not tell the other nodes: %s", error)
+    def _publish_failure(self, reason: str) -> None:
+        if self._watcher is not None:
+            self._watcher.publish_failure(reason, self.node_index)
 
     # Closing
 
     def _close(self) -> None:
         """Stop the watcher, count this node as closed; node 0 waits for the others."""
-        if self._closed or self._watcher is None:
+        watcher = self._watcher
+        if self._closed or watcher is None:
             self._closed = True
             return
         self._closed = True
-        watcher = self._watcher
         watcher.stop()
         try:
-            with watcher.lock:
-                if watcher.failure is None and watcher.side.check([self.key("failed")]):
-                    watcher.failure = self.parse_failure(watcher.side.get(self.key("failed")))
-                closed = watcher.side.add(self.key("closed"), 1)
-                if self.topology.is_control:
-                    self._wait_for_others_to_close(watcher.side, closed)
+            watcher.failure = watcher.failure or watcher.read_failure()
+            closed = watcher.call(lambda store: store.add(self.key("closed"), 1))
+            if self.topology.is_control:
+                watcher.call(lambda store: self._wait_for_others_to_close(store, closed))
         except (DistError, RuntimeError):
             pass  # node 0 already went away: nothing left to tell it
 
-    def _wait_for_others_to_close(self, side: Store, closed: int) -> None:
+    def _wait_for_others_to_close(self, store: Store, closed: int) -> None:
         # Only nodes that ever sent a heartbeat can close; one that never came
         # (a join timeout) must not hold node 0 for close_timeout.
-        counts = side.multi_get([self.key(f"hb/{i}") for i in range(self.topology.num_nodes)])
+        counts = store.multi_get([self.key(f"hb/{i}") for i in range(self.topology.num_nodes)])
         expected = sum(1 for count in counts if int(count) > 0)
         deadline = time.monotonic() + self.settings.close_timeout
         while closed < expected and time.monotonic() < deadline:
             time.sleep(0.02)
-            closed = side.add(self.key("closed"), 0)
+            closed = store.add(self.key("closed"), 0)
 
     def _close_at_exit(self) -> None:
         """Tell the other nodes if this agent exits without ``shutdown`` (a signal)."""
         if not self._closed and self._watcher is not None:
-            self.publish_failure(
-                "its torchrun agent exited before the job finished (stopped by a signal?)",
-                self.node_index,
+            self._publish_failure(
+                "its torchrun agent exited before the job finished (stopped by a signal?)"
             )
             self._close()
 
