@@ -9,8 +9,6 @@ import os
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from .errors import TopologyError
-
 NODE_INDEX_VAR = "MF_PARALLEL_NODE_INDEX"
 NUM_NODES_VAR = "MF_PARALLEL_NUM_NODES"
 MAIN_IP_VAR = "MF_PARALLEL_MAIN_IP"
@@ -36,10 +34,18 @@ class Topology:
         return self.node_index == 0
 
 
+def _topology_error(message: str) -> Exception:
+    # Imported here: rendezvous.errors imports torch, which takes seconds, and the
+    # @torchrun decorator reads the topology in the Metaflow task before torch runs.
+    from .errors import TopologyError
+
+    return TopologyError(message)
+
+
 def _require(environ: Mapping[str, str], name: str) -> str:
     value = environ.get(name, "").strip()
     if not value:
-        raise TopologyError(
+        raise _topology_error(
             f"{name} is not set. The metaflow rendezvous backend runs on the nodes of a "
             f"Metaflow @parallel step, which set {NODE_INDEX_VAR}, {NUM_NODES_VAR} and "
             f"{MAIN_IP_VAR}; outside Metaflow, export all three on every node."
@@ -52,7 +58,7 @@ def _require_int(environ: Mapping[str, str], name: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise TopologyError(f"{name}={value!r} is not an integer.") from None
+        raise _topology_error(f"{name}={value!r} is not an integer.") from None
 
 
 def read_topology(environ: Optional[Mapping[str, str]] = None) -> Topology:
@@ -67,9 +73,9 @@ def read_topology(environ: Optional[Mapping[str, str]] = None) -> Topology:
     node_index = _require_int(environ, NODE_INDEX_VAR)
     main_ip = _require(environ, MAIN_IP_VAR)
     if num_nodes < 1:
-        raise TopologyError(f"{NUM_NODES_VAR}={num_nodes}: a job needs at least one node.")
+        raise _topology_error(f"{NUM_NODES_VAR}={num_nodes}: a job needs at least one node.")
     if not 0 <= node_index < num_nodes:
-        raise TopologyError(
+        raise _topology_error(
             f"{NODE_INDEX_VAR}={node_index} is out of range for {NUM_NODES_VAR}={num_nodes}: "
             f"node indexes run from 0 to {num_nodes - 1}."
         )
