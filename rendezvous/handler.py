@@ -20,9 +20,9 @@ import sys
 import threading
 import time
 from datetime import timedelta
-from typing import Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import Dict, List, Optional, Tuple
 
-from torch.distributed import DistError, PrefixStore, Store, TCPStore
+from torch.distributed import DistStoreError, Store, TCPStore
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.elastic.rendezvous import (
     RendezvousHandler,
@@ -45,16 +45,14 @@ from .settings import RendezvousSettings
 from .store import (
     JOB_KEY,
     KEY_NAMESPACE,
+    BoundedConnection,
     connect_store,
     host_store,
-    wait_for_keys,
     wait_until_listening,
 )
 from .topology import NUM_NODES_VAR, Topology, read_topology
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 def describe_failure(error: BaseException) -> str:
@@ -92,16 +90,17 @@ class _Watcher(threading.Thread):
 
     It sends this node's heartbeat, reads the newest requested round and the
     ``failed`` key, and on node 0 fails the job when another node's heartbeat
-    stops. It talks over a connection of its own, which the handler also uses
-    (through ``call``) once its main connection may be stuck in an abandoned
-    wait: to publish a failure, read the members of a round, or close.
+    stops. It talks over a connection of its own (``side``), which the handler
+    also uses once its main connection may be stuck in an abandoned call: to
+    publish a failure, read the members of a round, or close. A call on
+    ``side`` that gets no answer within ``heartbeat_timeout`` means node 0 is
+    unreachable.
     """
 
-    def __init__(self, handler: "MetaflowRendezvousHandler", side: Store):
+    def __init__(self, handler: "MetaflowRendezvousHandler", side: BoundedConnection):
         super().__init__(name="metaflow-rdzv-watch", daemon=True)
         self.handler = handler
-        self._side = side
-        self._lock = threading.RLock()
+        self.side = side
         self.latest_round = 0
         self.failure: Optional[JobFailedError] = None
         self._stop_event = threading.Event()
@@ -110,16 +109,11 @@ class _Watcher(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         if self.is_alive() and threading.current_thread() is not self:
-            self.join()
-
-    def call(self, operation: Callable[[Store], T]) -> T:
-        """Run ``operation`` on the watcher's connection, one caller at a time."""
-        with self._lock:
-            return operation(self._side)
+            self.join(self.side.call_timeout)
 
     def read_failure(self) -> Optional[JobFailedError]:
         key = self.handler.key("failed")
-        return self.call(
+        return self.side.call(
             lambda store: failure_from_record(store.get(key)) if store.check([key]) else None
         )
 
@@ -127,29 +121,30 @@ class _Watcher(threading.Thread):
         """Record ``node`` as failed unless another failure came first. Never raises."""
         key = self.handler.key("failed")
         try:
-            self.call(lambda store: store.compare_set(key, "", f"{node}|{reason}"))
-        except (DistError, RuntimeError) as error:
+            self.side.call(lambda store: store.compare_set(key, "", f"{node}|{reason}"))
+        except StoreUnreachableError as error:
             logger.warning("metaflow rendezvous: could not tell the other nodes: %s", error)
 
     def run(self) -> None:
         handler = self.handler
         settings = handler.settings
+        heartbeat_key = handler.key(f"hb/{handler.node_index}")
+        round_key = handler.key("round")
         next_beat = 0.0
         while not self._stop_event.is_set():
             now = time.monotonic()
             try:
                 if now >= next_beat:
-                    self.call(lambda store: store.add(handler.key(f"hb/{handler.node_index}"), 1))
+                    self.side.call(lambda store: store.add(heartbeat_key, 1))
                     if handler.topology.is_control:
                         self._check_heartbeats(now)
                     next_beat = now + settings.heartbeat_interval
-                self.latest_round = self.call(lambda store: store.add(handler.key("round"), 0))
+                self.latest_round = self.side.call(lambda store: store.add(round_key, 0))
                 self.failure = self.failure or self.read_failure()
-            except (DistError, RuntimeError) as error:
+            except StoreUnreachableError as error:
                 self.failure = JobFailedError(
                     f"the control node (node 0, rendezvous store at {handler.endpoint}) is "
-                    f"unreachable: {str(error).splitlines()[0]}. Node 0 died or the network "
-                    f"to it is cut; its own log says why.",
+                    f"unreachable: {error}. Its own log says why.",
                     node_index=0,
                 )
             if self.failure is not None:
@@ -160,7 +155,7 @@ class _Watcher(threading.Thread):
         handler = self.handler
         others = range(1, handler.topology.num_nodes)
         keys = [handler.key(f"hb/{i}") for i in others]
-        counts = self.call(lambda store: store.multi_get(keys))
+        counts = self.side.call(lambda store: store.multi_get(keys))
         for node, raw in zip(others, counts):
             count = int(raw)
             last_count, since = self._heartbeats.get(node, (-1, now))
@@ -177,18 +172,18 @@ class _Watcher(threading.Thread):
 
 
 class _AgentStore(Store):
-    """The store torch's agent gets for one round: a prefixed view of node 0's store.
+    """The store torch's agent gets for one round: node 0's store under a round prefix.
 
-    Its blocking calls (``get`` of a missing key, ``wait``) never block the
-    agent's thread for long, and end as soon as the job fails elsewhere, so an
-    agent waiting in the exit barrier stops when another node gives up.
+    Every call goes through the handler's bounded connection, so none blocks
+    the agent for long, and waits (rank assignment, the exit barrier) end as
+    soon as the job fails elsewhere.
     """
 
-    def __init__(self, inner: Store, handler: "MetaflowRendezvousHandler"):
+    def __init__(self, main: BoundedConnection, prefix: str, join_timeout: float):
         super().__init__()
-        self._inner = inner
-        self._handler = handler
-        self._timeout = timedelta(seconds=handler.settings.join_timeout)
+        self._main = main
+        self._prefix = prefix
+        self._timeout = timedelta(seconds=join_timeout)
 
     @property
     def timeout(self) -> timedelta:
@@ -198,36 +193,39 @@ class _AgentStore(Store):
         self._timeout = timeout
 
     def wait(self, keys: List[str], timeout: Optional[timedelta] = None) -> None:
-        self._handler.wait_or_fail(self._inner, keys, timeout or self._timeout)
+        timeout = timeout or self._timeout
+        full = [self._prefix + key for key in keys]
+        if not self._main.wait(full, time.monotonic() + timeout.total_seconds()):
+            raise DistStoreError(f"keys {keys} did not appear within {timeout.total_seconds():g} s")
 
     def get(self, key: str) -> bytes:
         self.wait([key])
-        return self._inner.get(key)
+        return self._main.call(lambda store: store.get(self._prefix + key))
 
     def multi_get(self, keys: List[str]) -> List[bytes]:
         self.wait(keys)
-        return self._inner.multi_get(keys)
+        return self._main.call(lambda store: store.multi_get([self._prefix + k for k in keys]))
 
     def set(self, key: str, value) -> None:
-        self._inner.set(key, value)
+        self._main.call(lambda store: store.set(self._prefix + key, value))
 
     def multi_set(self, keys: List[str], values) -> None:
-        self._inner.multi_set(keys, values)
+        self._main.call(lambda store: store.multi_set([self._prefix + k for k in keys], values))
 
     def add(self, key: str, amount: int) -> int:
-        return self._inner.add(key, amount)
+        return self._main.call(lambda store: store.add(self._prefix + key, amount))
 
     def compare_set(self, key: str, expected, desired) -> bytes:
-        return self._inner.compare_set(key, expected, desired)
+        return self._main.call(lambda store: store.compare_set(self._prefix + key, expected, desired))
 
     def check(self, keys: List[str]) -> bool:
-        return self._inner.check(keys)
+        return self._main.call(lambda store: store.check([self._prefix + k for k in keys]))
 
     def delete_key(self, key: str) -> bool:
-        return self._inner.delete_key(key)
+        return self._main.call(lambda store: store.delete_key(self._prefix + key))
 
     def num_keys(self) -> int:
-        return self._inner.num_keys()
+        return self._main.call(lambda store: store.num_keys())
 
 
 class MetaflowRendezvousHandler(RendezvousHandler):
@@ -272,7 +270,7 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         self.endpoint = format_endpoint(host, port)
         self._namespace = f"{KEY_NAMESPACE}{run_id}/"
         self._server: Optional[TCPStore] = None
-        self._main: Optional[Store] = None
+        self._main: Optional[BoundedConnection] = None
         self._watcher: Optional[_Watcher] = None
         self._round = -1
         self._closed = False
@@ -310,16 +308,16 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         target = self._round + 1
         if target > 0:
             # Ask the other nodes to follow; if one already asked, this is a no-op.
-            self._main.compare_set(self.key("round"), str(target - 1), str(target))
+            round_key = self.key("round")
+            self._main.call(lambda store: store.compare_set(round_key, str(target - 1), str(target)))
         self._join(target, deadline)
         self._round = target
         logger.info(
             "metaflow rendezvous: node %d joined round %d of %s (%d nodes, store %s)",
             self.node_index, target, self.run_id, self.topology.num_nodes, self.endpoint,
         )
-        store = _AgentStore(PrefixStore(self.key(f"r{target}/agent"), self._main), self)
         return RendezvousInfo(
-            store,
+            _AgentStore(self._main, self.key(f"r{target}/agent/"), self.settings.join_timeout),
             self.node_index,
             self.topology.num_nodes,
             RendezvousStoreInfo(master_addr=self.host, master_port=self.port),
@@ -345,62 +343,57 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         timeout = self.settings.heartbeat_timeout
         if self.topology.is_control:
             self._server = host_store(self.host, self.port, timeout)
-            others = [self.key(f"hb/{i}") for i in range(self.topology.num_nodes)]
-            self._server.multi_set(others + [self.key("round")], ["0"] * len(others) + ["0"])
+            beats = [self.key(f"hb/{i}") for i in range(self.topology.num_nodes)]
+            self._server.multi_set(beats + [self.key("round")], ["0"] * (len(beats) + 1))
             # Set last: the other nodes take it as "the store is ready".
             self._server.compare_set(JOB_KEY, "", self.run_id)
-            self._main = self._server
+            store: Store = self._server
         else:
             if not wait_until_listening(self.host, self.port, deadline):
                 raise self._join_timeout(0, [0])
-            self._main = connect_store(self.host, self.port, timeout)
-            if not wait_for_keys(self._main, [JOB_KEY], deadline, lambda: None):
-                raise self._join_timeout(0, [0])
-        owner = self._main.get(JOB_KEY).decode()
+            store = connect_store(self.host, self.port, timeout)
+        self._main = BoundedConnection(store, self.endpoint, timeout, abort=self._failure)
+        if not self._main.wait([JOB_KEY], deadline):
+            raise self._join_timeout(0, [0])
+        owner = self._main.call(lambda store: store.get(JOB_KEY)).decode()
         if owner != self.run_id:
             raise ForeignJobError(
                 f"the rendezvous store at {self.endpoint} belongs to job {owner!r}, not to "
                 f"{self.run_id!r}: two jobs share one store port. Give each job its own "
                 f"--rdzv-id (or its own master_port in @torchrun)."
             )
-        self._watcher = _Watcher(self, connect_store(self.host, self.port, timeout))
+        side = BoundedConnection(connect_store(self.host, self.port, timeout), self.endpoint, timeout)
+        self._watcher = _Watcher(self, side)
         self._watcher.start()
 
     def _join(self, round_: int, deadline: float) -> None:
         num_nodes = self.topology.num_nodes
-        prefix = f"r{round_}/"
-        self._main.append(self.key(prefix + "members"), f"{self.node_index},")
-        if self._main.add(self.key(prefix + "count"), 1) == num_nodes:
-            members = self._members(self._main, round_)
-            if sorted(members) != list(range(num_nodes)):
-                duplicates = sorted({i for i in members if members.count(i) > 1})
-                reason = (
-                    f"two agents claim node index {', '.join(map(str, duplicates))}; "
-                    f"every node needs its own MF_PARALLEL_NODE_INDEX"
-                )
-                self._publish_failure(reason)
-                raise TopologyError(reason + ".")
-            if round_ > 0:
-                self._wipe_worker_keys()
-            self._main.set(self.key(prefix + "complete"), "1")
+        members_key = self.key(f"r{round_}/members")
+        count_key = self.key(f"r{round_}/count")
+        complete_key = self.key(f"r{round_}/complete")
+        self._main.call(lambda store: store.append(members_key, f"{self.node_index},"))
+        if self._main.call(lambda store: store.add(count_key, 1)) < num_nodes:
+            if not self._main.wait([complete_key], deadline):
+                arrived = set(self._members(self._watcher.side, round_))
+                raise self._join_timeout(round_, sorted(set(range(num_nodes)) - arrived))
             return
-        if not self._wait(self._main, [self.key(prefix + "complete")], deadline):
-            arrived = set(self._watcher.call(lambda store: self._members(store, round_)))
-            raise self._join_timeout(round_, sorted(set(range(num_nodes)) - arrived))
+        members = self._members(self._main, round_)
+        if sorted(members) != list(range(num_nodes)):
+            duplicates = sorted({i for i in members if members.count(i) > 1})
+            reason = (
+                f"two agents claim node index {', '.join(map(str, duplicates))}; "
+                f"every node needs its own MF_PARALLEL_NODE_INDEX"
+            )
+            self._publish_failure(reason)
+            raise TopologyError(reason + ".")
+        if round_ > 0:
+            self._main.call(wipe_worker_keys)
+        self._main.call(lambda store: store.set(complete_key, "1"))
 
-    def _members(self, store: Store, round_: int) -> List[int]:
-        raw = store.get(self.key(f"r{round_}/members")).decode()
+    def _members(self, connection: BoundedConnection, round_: int) -> List[int]:
+        key = self.key(f"r{round_}/members")
+        raw = connection.call(lambda store: store.get(key)).decode()
         return [int(item) for item in raw.split(",") if item]
-
-    def _wipe_worker_keys(self) -> None:
-        """Delete every key the previous round's workers left, so the new round starts clean.
-
-        All workers are stopped at this point: every node is inside
-        ``next_rendezvous``, which the agent calls only after stopping them.
-        """
-        for key in self._main.list_keys():
-            if not key.startswith(KEY_NAMESPACE):
-                self._main.delete_key(key)
 
     def _join_timeout(self, round_: int, missing: List[int]) -> JoinTimeoutError:
         names = ", ".join(map(str, missing))
@@ -418,20 +411,7 @@ class MetaflowRendezvousHandler(RendezvousHandler):
             missing,
         )
 
-    # Waiting and failing
-
-    def _wait(self, store: Store, keys: List[str], deadline: float) -> bool:
-        try:
-            return wait_for_keys(store, keys, deadline, self._failure)
-        except (DistError, RuntimeError) as error:
-            raise StoreUnreachableError(
-                f"lost the rendezvous store at {self.endpoint}: {error}"
-            ) from None
-
-    def wait_or_fail(self, store: Store, keys: List[str], timeout: timedelta) -> None:
-        """Wait for ``keys`` for the agent; raise when they do not come or the job failed."""
-        if not self._wait(store, keys, time.monotonic() + timeout.total_seconds()):
-            raise DistError(f"keys {keys} did not appear within {timeout.total_seconds():g} s")
+    # Failing
 
     def _failure(self) -> Optional[JobFailedError]:
         return None if self._watcher is None else self._watcher.failure
@@ -455,23 +435,25 @@ class MetaflowRendezvousHandler(RendezvousHandler):
             return
         self._closed = True
         watcher.stop()
+        closed_key = self.key("closed")
         try:
             watcher.failure = watcher.failure or watcher.read_failure()
-            closed = watcher.call(lambda store: store.add(self.key("closed"), 1))
+            closed = watcher.side.call(lambda store: store.add(closed_key, 1))
             if self.topology.is_control:
-                watcher.call(lambda store: self._wait_for_others_to_close(store, closed))
-        except (DistError, RuntimeError):
+                self._wait_for_others_to_close(watcher.side, closed)
+        except StoreUnreachableError:
             pass  # node 0 already went away: nothing left to tell it
 
-    def _wait_for_others_to_close(self, store: Store, closed: int) -> None:
+    def _wait_for_others_to_close(self, side: BoundedConnection, closed: int) -> None:
         # Only nodes that ever sent a heartbeat can close; one that never came
         # (a join timeout) must not hold node 0 for close_timeout.
-        counts = store.multi_get([self.key(f"hb/{i}") for i in range(self.topology.num_nodes)])
-        expected = sum(1 for count in counts if int(count) > 0)
+        beats = [self.key(f"hb/{i}") for i in range(self.topology.num_nodes)]
+        expected = sum(1 for count in side.call(lambda store: store.multi_get(beats)) if int(count))
+        closed_key = self.key("closed")
         deadline = time.monotonic() + self.settings.close_timeout
         while closed < expected and time.monotonic() < deadline:
             time.sleep(0.02)
-            closed = store.add(self.key("closed"), 0)
+            closed = side.call(lambda store: store.add(closed_key, 0))
 
     def _close_at_exit(self) -> None:
         """Tell the other nodes if this agent exits without ``shutdown`` (a signal)."""
@@ -480,6 +462,17 @@ class MetaflowRendezvousHandler(RendezvousHandler):
                 "its torchrun agent exited before the job finished (stopped by a signal?)"
             )
             self._close()
+
+
+def wipe_worker_keys(store: Store) -> None:
+    """Delete every key the previous round's workers left, so a restart round starts clean.
+
+    All workers are stopped at this point: every node is inside
+    ``next_rendezvous``, which the agent calls only after stopping them.
+    """
+    for key in store.list_keys():
+        if not key.startswith(KEY_NAMESPACE):
+            store.delete_key(key)
 
 
 def create_handler(params: RendezvousParameters) -> MetaflowRendezvousHandler:

@@ -1,10 +1,7 @@
-"""Node 0's TCPStore, the other nodes' connections to it, and waits that can be interrupted.
+"""Node 0's TCPStore, and the other nodes' connections to it with calls that always end.
 
-A blocking ``TCPStore.wait`` holds the calling thread inside C++: Python signal
-handlers (torchrun's SIGTERM handling) run only when it returns, and waiting in
-short slices instead makes TCPStore log a warning per slice. So every long wait
-here runs in a helper thread while the caller waits on a ``threading.Event``,
-checking for aborts and signals every few tens of milliseconds.
+Waiting in short slices instead of in a helper thread would make TCPStore log a
+warning per slice, hence ``BoundedConnection``.
 """
 
 import errno
@@ -12,7 +9,7 @@ import socket
 import threading
 import time
 from datetime import timedelta
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple, TypeVar
 
 from torch.distributed import DistError, DistNetworkError, Store, TCPStore
 
@@ -24,6 +21,8 @@ from .errors import StorePortInUseError, StoreUnreachableError
 KEY_NAMESPACE = "metaflow-torchrun/"
 # Holds the rdzv id of the job whose node 0 hosts the store.
 JOB_KEY = KEY_NAMESPACE + "job"
+
+T = TypeVar("T")
 
 _CONNECT_PROBE_INTERVAL = 0.02
 _ABORT_CHECK_INTERVAL = 0.05
@@ -92,41 +91,88 @@ def connect_store(host: str, port: int, timeout: float) -> TCPStore:
         ) from None
 
 
-def wait_for_keys(
-    store: Store,
-    keys: List[str],
-    deadline: float,
-    abort: Callable[[], Optional[BaseException]],
-) -> bool:
-    """Wait until every key in ``keys`` exists, ``deadline`` passes, or ``abort`` says stop.
+class BoundedConnection:
+    """A client connection to node 0's store whose every call ends by a deadline.
 
-    Returns True when the keys exist and False at the deadline. Raises what
-    ``abort`` returns, and the store's own error if the wait failed (the store
-    went away). After False or an abort the helper thread may still block in
-    ``store``: the caller must not use that connection again.
+    TCPStore honours its timeout in ``wait`` and ``get`` only: any call over a
+    link that went silent (cable cut, host frozen) blocks forever, and a thread
+    blocked in C++ also holds off Python's signal handlers. So each call runs
+    in a helper thread while the caller waits on an event, asking ``abort``
+    every 50 ms whether to stop. A call that is given up on leaves the helper
+    thread stuck in the connection: the connection is then abandoned and every
+    later call fails at once.
     """
-    finished = threading.Event()
-    failure: List[BaseException] = []
 
-    def wait_in_thread() -> None:
+    def __init__(
+        self,
+        store: Store,
+        endpoint: str,
+        call_timeout: float,
+        abort: Callable[[], Optional[BaseException]] = lambda: None,
+    ):
+        self.store = store
+        self.endpoint = endpoint
+        self.call_timeout = call_timeout
+        self._abort = abort
+        self._lock = threading.Lock()
+        self._abandoned: Optional[str] = None
+
+    def call(self, operation: Callable[[Store], T], deadline: Optional[float] = None) -> T:
+        """Return ``operation(store)``; the deadline defaults to ``call_timeout`` from now.
+
+        Raises:
+            StoreUnreachableError: no answer by the deadline, the connection was
+                abandoned before, or the store failed (node 0 went away).
+            Whatever ``abort`` returns, when it returns something.
+        """
+        if self._abandoned is not None:
+            raise StoreUnreachableError(
+                f"the connection to the rendezvous store at {self.endpoint} was given up "
+                f"({self._abandoned})"
+            )
+        if deadline is None:
+            deadline = time.monotonic() + self.call_timeout
+        finished = threading.Event()
+        outcome: List[Tuple[bool, object]] = []
+
+        def call_in_thread() -> None:
+            try:
+                with self._lock:
+                    outcome.append((True, operation(self.store)))
+            except BaseException as error:  # handed to the caller below
+                outcome.append((False, error))
+            finally:
+                finished.set()
+
+        threading.Thread(target=call_in_thread, name="metaflow-rdzv-call", daemon=True).start()
+        while not finished.wait(_ABORT_CHECK_INTERVAL):
+            reason = self._abort()
+            if reason is not None:
+                self._abandoned = f"stopped waiting: {reason}"
+                raise reason
+            if time.monotonic() >= deadline:
+                self._abandoned = "no answer in time"
+                raise StoreUnreachableError(
+                    f"the rendezvous store at {self.endpoint} did not answer in time: node 0 "
+                    f"is down, frozen, or the network to it is cut"
+                )
+        succeeded, value = outcome[0]
+        if succeeded:
+            return value  # type: ignore[return-value]
+        if isinstance(value, (DistError, RuntimeError)):
+            raise StoreUnreachableError(
+                f"lost the rendezvous store at {self.endpoint}: {str(value).splitlines()[0]}"
+            ) from None
+        raise value  # type: ignore[misc]
+
+    def wait(self, keys: List[str], deadline: float) -> bool:
+        """Wait until every key exists: True, or False once ``deadline`` passed."""
+        # TCPStore's own timeout a little past ours, so that ours fires first.
+        timeout = timedelta(seconds=max(0.0, deadline - time.monotonic()) + 1.0)
         try:
-            # A little past our deadline, so that our own check fires first.
-            remaining = max(0.0, deadline - time.monotonic()) + 1.0
-            store.wait(keys, timedelta(seconds=remaining))
-        except BaseException as error:  # reported to the caller below
-            failure.append(error)
-        finally:
-            finished.set()
-
-    threading.Thread(target=wait_in_thread, name="metaflow-rdzv-wait", daemon=True).start()
-    while not finished.wait(_ABORT_CHECK_INTERVAL):
-        reason = abort()
-        if reason is not None:
-            raise reason
-        if time.monotonic() >= deadline:
-            return False
-    if failure:
-        if time.monotonic() >= deadline:
-            return False
-        raise failure[0]
-    return True
+            self.call(lambda store: store.wait(keys, timeout), deadline)
+        except StoreUnreachableError:
+            if time.monotonic() >= deadline:
+                return False
+            raise
+        return True

@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 SCRIPTS = Path(__file__).parent / "scripts"
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
@@ -44,7 +44,8 @@ class Job:
     """N torchrun agents of one job; use as a context manager.
 
     ``launcher`` is ``"torchrun"`` (finds the backend through the entry point)
-    or ``"module"`` (``python -m rendezvous``).
+    or ``"module"`` (``python -m rendezvous``). ``host_prefix(i)``, if given,
+    is put before node i's command (to run it on a test host).
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class Job:
         env: Optional[Dict[str, str]] = None,
         main_ip: str = "127.0.0.1",
         run_id: Optional[str] = None,
+        host_prefix: Optional[Callable[[int], List[str]]] = None,
     ):
         self.workdir = workdir
         self.num_nodes = num_nodes
@@ -80,6 +82,7 @@ class Job:
             str(SCRIPTS / script),
             *script_args,
         ]
+        self.host_prefix = host_prefix
         self.procs: Dict[int, subprocess.Popen] = {}
 
     def node_env(self, node_index: int) -> Dict[str, str]:
@@ -103,8 +106,9 @@ class Job:
             node_env = self.node_env(node_index)
             node_env.update(env or {})
             with open(self.log_path(node_index), "wb") as log:
+                prefix = self.host_prefix(node_index) if self.host_prefix else []
                 self.procs[node_index] = subprocess.Popen(
-                    self.command,
+                    prefix + self.command,
                     env=node_env,
                     cwd=self.workdir,
                     stdout=log,

@@ -1,0 +1,92 @@
+"""Test hosts on this machine: network namespaces joined by veth pairs to a bridge.
+
+Each host is a namespace with loopback and one interface on a shared bridge,
+which lives in a namespace of its own so the machine's own network is never
+touched. Addresses come from 198.18.0.0/15, the range set aside for network
+testing (RFC 2544), and exist only inside these namespaces. Every namespace
+gets a resolv.conf naming a loopback address where nothing listens: TCPStore
+makes reverse DNS lookups, which must fail at once rather than wait on a real
+resolver.
+"""
+
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import List, Optional
+
+SUBNET_PREFIX = "198.18.0."
+
+
+def unavailable_reason() -> Optional[str]:
+    """Why namespaces cannot be made here, or None when they can."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "the ip command (iproute2) is not installed"
+    probe = f"mftr-probe-{uuid.uuid4().hex[:6]}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"ip netns add failed: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+class TestHosts:
+    """``count`` hosts named ``<tag>h<i>`` with addresses 198.18.0.<i+1>; a context manager."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, count: int):
+        self.tag = f"mf{uuid.uuid4().hex[:5]}"
+        self.count = count
+        self.switch = f"{self.tag}sw"
+        self.names = [f"{self.tag}h{i}" for i in range(count)]
+        self.addresses = [f"{SUBNET_PREFIX}{i + 1}" for i in range(count)]
+
+    def __enter__(self) -> "TestHosts":
+        try:
+            self._create()
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._remove()
+
+    def _create(self) -> None:
+        for namespace in [self.switch, *self.names]:
+            _ip("netns", "add", namespace)
+            _ip("-n", namespace, "link", "set", "lo", "up")
+            resolv = Path("/etc/netns") / namespace / "resolv.conf"
+            resolv.parent.mkdir(parents=True, exist_ok=True)
+            resolv.write_text("nameserver 127.0.0.1\n")
+        _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
+        _ip("-n", self.switch, "link", "set", "br0", "up")
+        for index, (namespace, address) in enumerate(zip(self.names, self.addresses)):
+            port = f"p{index}"
+            _ip("-n", self.switch, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+                "netns", namespace)
+            _ip("-n", self.switch, "link", "set", port, "master", "br0")
+            _ip("-n", self.switch, "link", "set", port, "up")
+            _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0")
+            _ip("-n", namespace, "link", "set", "eth0", "up")
+
+    def _remove(self) -> None:
+        for namespace in [self.switch, *self.names]:
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+            shutil.rmtree(Path("/etc/netns") / namespace, ignore_errors=True)
+
+    def command_prefix(self, index: int) -> List[str]:
+        """Prefix that runs a command on host ``index``."""
+        return ["ip", "netns", "exec", self.names[index]]
+
+    def cut_link(self, index: int) -> None:
+        """Take host ``index``'s interface down: its packets vanish, no reset is sent."""
+        _ip("-n", self.names[index], "link", "set", "eth0", "down")

@@ -1,0 +1,64 @@
+"""torchrun --rdzv-backend=metaflow across three test hosts (network namespaces), with link cuts."""
+
+import pytest
+
+from netns_hosts import TestHosts, unavailable_reason
+from test_rendezvous_torchrun import FAST, wait_for_output
+from torchrun_nodes import Job, lines_with
+
+REASON = unavailable_reason()
+pytestmark = [
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(REASON is not None, reason=f"no test hosts: {REASON}"),
+]
+
+
+@pytest.fixture
+def hosts():
+    with TestHosts(3) as made:
+        yield made
+
+
+def job_on(hosts: TestHosts, workdir, script: str, **kwargs) -> Job:
+    # All namespaces share this machine's hostname, which resolves to loopback;
+    # gloo picks its interface from the hostname unless told otherwise.
+    return Job(workdir, 3, script, main_ip=hosts.addresses[0], env={"GLOO_SOCKET_IFNAME": "eth0"},
+               host_prefix=hosts.command_prefix, **kwargs)
+
+
+def test_three_hosts_all_reduce(hosts, tmp_path):
+    with job_on(hosts, tmp_path, "allreduce.py", nproc_per_node=2) as job:
+        job.start()
+        assert job.wait() == {0: 0, 1: 0, 2: 0}
+        for node in range(3):
+            lines = lines_with(job.output(node), "sum=")
+            assert len(lines) == 2 and all("sum=21" in line for line in lines), job.output(node)
+            assert all(f"group_rank={node}" in line for line in lines)
+            assert all(f"master={hosts.addresses[0]}" in line for line in lines)
+
+
+def test_worker_host_link_cut(hosts, tmp_path):
+    with job_on(hosts, tmp_path, "idle.py", rdzv_conf=FAST) as job:
+        job.start()
+        wait_for_output(job, [0, 1, 2], "started rank=")
+        hosts.cut_link(2)
+        codes = job.wait(timeout=90)
+        assert all(code != 0 for code in codes.values()), codes
+        for node in (0, 1):
+            assert "node 2 failed first: stopped sending heartbeats" in job.output(node), job.output(node)
+        assert "the control node (node 0, rendezvous store at" in job.output(2), job.output(2)
+        assert job.live_processes() == []
+
+
+def test_control_host_link_cut(hosts, tmp_path):
+    with job_on(hosts, tmp_path, "idle.py", rdzv_conf=FAST) as job:
+        job.start()
+        wait_for_output(job, [0, 1, 2], "started rank=")
+        hosts.cut_link(0)
+        codes = job.wait(timeout=90)
+        assert all(code != 0 for code in codes.values()), codes
+        for node in (1, 2):
+            assert "the control node (node 0, rendezvous store at" in job.output(node), job.output(node)
+            assert "is unreachable" in job.output(node)
+        assert "stopped sending heartbeats" in job.output(0), job.output(0)
+        assert job.live_processes() == []
