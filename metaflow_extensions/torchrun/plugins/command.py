@@ -1,0 +1,363 @@
+"""The one place that turns ``current.torch.run`` arguments into a torchrun command.
+
+Pure functions: they check the user's input and build the agent's argv and
+environment, and launch nothing, so they are tested without torch or Metaflow
+running. Every check fails with ``TorchrunArgumentError`` before anything starts.
+"""
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from .exceptions import TorchrunArgumentError
+
+ArgsSpec = Union[Mapping[str, object], Sequence[object], None]
+NprocSpec = Union[int, str, None]
+Flag = Tuple[str, Optional[str]]  # (name as written without dashes, value or None for a bare flag)
+
+# Each worker line is prefixed with its global rank by torchrun's log tailer.
+LINE_PREFIX_TEMPLATE = "[rank${rank}]: "
+
+# torchrun flags that run() sets itself, keyed by their canonical name, with
+# the reason a user cannot set them.
+MANAGED_FLAGS: Dict[str, str] = {
+    "nnodes": "the number of nodes is the step's num_parallel",
+    "node-rank": "each node's rank is its Metaflow node index",
+    "rdzv-backend": "run() always uses the metaflow rendezvous backend",
+    "rdzv-endpoint": "node 0 hosts the rendezvous store; pin its port with "
+    "@torchrun(master_port=...)",
+    "rdzv-id": "each call gets its own id, built from the flow, run, step, task, attempt "
+    "and call number",
+    "master-addr": "the rendezvous hands node 0's address to every worker",
+    "master-port": "the workers share the rendezvous store's port; pin it with "
+    "@torchrun(master_port=...)",
+    "standalone": "run() forms the job from the Metaflow nodes",
+    "tee": "run() streams every rank's output itself, prefixed with the global rank",
+    "redirects": "run() keeps every rank's output in per-rank files itself "
+    "(choose where with --log-dir)",
+    "module": "run a module with run(module='pkg.train')",
+    "m": "run a module with run(module='pkg.train')",
+    "no-python": "run() starts Python programs under its worker bootstrap",
+    "run-path": "run() starts the entrypoint itself",
+}
+_NPROC = "nproc-per-node"
+_RDZV_CONF = "rdzv-conf"
+_LOG_DIR = "log-dir"
+_JOIN_TIMEOUT = "join_timeout"
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def canonical_flag(name: str) -> str:
+    """``--max_restarts`` and ``max-restarts`` are the same torchrun flag: ``max-restarts``."""
+    return name.lstrip("-").replace("_", "-")
+
+
+def entrypoint_argv(entrypoint_args: ArgsSpec) -> List[str]:
+    """The program's own arguments.
+
+    A mapping becomes ``--key value`` in order: ``True`` is a bare ``--key``,
+    ``False`` and ``None`` are left out, a list or tuple gives ``--key v1 v2``.
+    Values go through ``str()`` and nothing else. A sequence is passed as given.
+    """
+    if entrypoint_args is None:
+        return []
+    if isinstance(entrypoint_args, Mapping):
+        argv: List[str] = []
+        for key, value in entrypoint_args.items():
+            if not isinstance(key, str) or not key.strip("-"):
+                raise TorchrunArgumentError(
+                    f"entrypoint_args key {key!r} is not an option name: use strings like "
+                    f"'epochs' (which becomes --epochs)."
+                )
+            if value is None or value is False:
+                continue
+            flag = "--" + key.lstrip("-")
+            if value is True:
+                argv.append(flag)
+            elif isinstance(value, (list, tuple)):
+                argv.extend([flag, *map(str, value)])
+            else:
+                argv.extend([flag, str(value)])
+        return argv
+    if isinstance(entrypoint_args, (str, bytes)) or not isinstance(entrypoint_args, Sequence):
+        raise TorchrunArgumentError(
+            f"entrypoint_args must be a dict (becomes --key value) or a list of arguments, "
+            f"not {type(entrypoint_args).__name__}: {entrypoint_args!r}."
+        )
+    return [str(item) for item in entrypoint_args]
+
+
+def parse_torchrun_args(torchrun_args: ArgsSpec) -> List[Flag]:
+    """Extra torchrun flags from a mapping or a list of command-line tokens.
+
+    A mapping ``{"max_restarts": 1}`` gives ``--max_restarts=1`` (``True`` a
+    bare flag, ``False``/``None`` left out). A list holds tokens as on the
+    command line: ``["--max-restarts=1"]`` or ``["--max-restarts", "1"]``.
+    Flags that run() manages are refused, saying why.
+    """
+    if torchrun_args is None:
+        return []
+    flags: List[Flag] = []
+    if isinstance(torchrun_args, Mapping):
+        for key, value in torchrun_args.items():
+            if not isinstance(key, str) or not key.strip("-"):
+                raise TorchrunArgumentError(
+                    f"torchrun_args key {key!r} is not a torchrun flag name such as "
+                    f"'max_restarts'."
+                )
+            if value is None or value is False:
+                continue
+            if isinstance(value, (list, tuple, dict, set)):
+                raise TorchrunArgumentError(
+                    f"torchrun_args[{key!r}] = {value!r}: torchrun flags take one value; "
+                    f"write lists the way torchrun expects them (e.g. '0,1')."
+                )
+            flags.append((key.lstrip("-"), None if value is True else str(value)))
+    elif isinstance(torchrun_args, (str, bytes)) or not isinstance(torchrun_args, Sequence):
+        raise TorchrunArgumentError(
+            f"torchrun_args must be a dict ({{'max_restarts': 1}}) or a list of command-line "
+            f"tokens (['--max-restarts', '1']), not {type(torchrun_args).__name__}."
+        )
+    else:
+        tokens = [str(token) for token in torchrun_args]
+        index = 0
+        while index < len(tokens):
+            token = tokens[index]
+            if not token.startswith("-"):
+                raise TorchrunArgumentError(
+                    f"torchrun_args: {token!r} is neither a flag nor the value of one. A list "
+                    f"holds command-line tokens such as ['--max-restarts', '1']; for "
+                    f"key/value pairs pass a dict."
+                )
+            name, equals, value = token.partition("=")
+            if equals:
+                flags.append((name.lstrip("-"), value))
+            elif index + 1 < len(tokens) and not tokens[index + 1].startswith("-"):
+                flags.append((name.lstrip("-"), tokens[index + 1]))
+                index += 1
+            else:
+                flags.append((name.lstrip("-"), None))
+            index += 1
+    seen: Dict[str, str] = {}
+    for name, _ in flags:
+        canonical = canonical_flag(name)
+        if canonical in MANAGED_FLAGS:
+            raise TorchrunArgumentError(
+                f"torchrun_args may not set --{name}: {MANAGED_FLAGS[canonical]}."
+            )
+        if canonical in seen:
+            raise TorchrunArgumentError(
+                f"torchrun_args sets --{canonical} twice (as --{seen[canonical]} and "
+                f"--{name}); keep one."
+            )
+        seen[canonical] = name
+    return flags
+
+
+def check_nproc_per_node(value: object, where: str) -> str:
+    """``value`` as torchrun's ``--nproc-per-node``: a whole number >= 1, or ``"auto"``."""
+    if isinstance(value, bool):
+        number = None
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and value.strip() == "auto":
+        return "auto"
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value)
+    else:
+        number = None
+    if number is None or number < 1:
+        raise TorchrunArgumentError(
+            f"{where}={value!r}: give the number of worker processes per node, a whole "
+            f"number of at least 1, or 'auto' (one per GPU, else one per CPU)."
+        )
+    return str(number)
+
+
+def resolve_nproc_per_node(
+    argument: NprocSpec, flags: Sequence[Flag], attribute: NprocSpec, requested_gpus: int
+) -> str:
+    """Processes per node: the argument (or ``--nproc-per-node`` in torchrun_args), else the
+    decorator attribute, else the GPUs requested for the step, else 1."""
+    from_flags = [value for name, value in flags if canonical_flag(name) == _NPROC]
+    if argument is not None and from_flags:
+        raise TorchrunArgumentError(
+            f"nproc_per_node is given twice: as run(nproc_per_node={argument!r}) and in "
+            f"torchrun_args ({from_flags[0]!r}); keep one."
+        )
+    if argument is not None:
+        return check_nproc_per_node(argument, "nproc_per_node")
+    if from_flags:
+        return check_nproc_per_node(from_flags[0], "torchrun_args nproc_per_node")
+    if attribute is not None:
+        return check_nproc_per_node(attribute, "@torchrun(nproc_per_node)")
+    return str(requested_gpus) if requested_gpus > 0 else "1"
+
+
+def rendezvous_id(
+    flow: str, run_id: str, step: str, control_task_id: str, attempt: int, call: int
+) -> str:
+    """An id equal on every node of one ``run()`` call and different for every other call."""
+    return f"{flow}-{run_id}-{step}-{control_task_id}-a{attempt}-c{call}"
+
+
+def resolve_entrypoint(
+    entrypoint: Optional[str], module: Optional[str], flow_dir: str
+) -> Tuple[str, str, str]:
+    """``(kind, target, search_dir)`` for the worker bootstrap.
+
+    A script path is taken relative to the flow file's directory unless
+    absolute, and must exist. A module name must be a dotted name whose top
+    package or module is found in the flow's directory or on ``sys.path``.
+    """
+    if (entrypoint is None) == (module is None):
+        raise TorchrunArgumentError(
+            "give exactly one of entrypoint='train.py' (a script) or module='pkg.train' "
+            "(run like python -m pkg.train)."
+        )
+    if module is not None:
+        if not isinstance(module, str) or not _MODULE_NAME.match(module):
+            raise TorchrunArgumentError(
+                f"module={module!r} is not a dotted module name such as 'pkg.train'."
+            )
+        top = module.split(".")[0]
+        import importlib.machinery
+        import sys
+
+        if importlib.machinery.PathFinder.find_spec(top, [flow_dir, *sys.path]) is None:
+            raise TorchrunArgumentError(
+                f"module={module!r}: no module or package {top!r} in the flow's directory "
+                f"{flow_dir} or on sys.path. Put it next to the flow file (Metaflow packages "
+                f"that directory for remote runs) or install it."
+            )
+        return "module", module, flow_dir
+    if not isinstance(entrypoint, (str, os.PathLike)):
+        raise TorchrunArgumentError(
+            f"entrypoint must be the path of a script, not {type(entrypoint).__name__}: "
+            f"{entrypoint!r}."
+        )
+    path = os.path.normpath(os.path.join(flow_dir, os.fspath(entrypoint)))
+    if not os.path.isfile(path):
+        raise TorchrunArgumentError(
+            f"entrypoint {os.fspath(entrypoint)!r} not found: looked for {path} (relative "
+            f"paths start at the flow file's directory {flow_dir}). Keep the script next to "
+            f"the flow file so that Metaflow's code package carries it to remote nodes."
+        )
+    return "script", path, os.path.dirname(path)
+
+
+def _parse_rdzv_conf(text: str) -> Dict[str, str]:
+    conf: Dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise TorchrunArgumentError(
+                f"torchrun_args rdzv_conf {text!r}: write key=value pairs separated by commas, "
+                f"e.g. 'heartbeat_timeout=30'."
+            )
+        conf[key.strip()] = value.strip()
+    return conf
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything one node needs to start its torchrun agent for one ``run()`` call."""
+
+    python: str
+    num_nodes: int
+    nproc_per_node: str
+    rdzv_id: str
+    rdzv_endpoint: Optional[str]
+    rdzv_conf: Tuple[Tuple[str, str], ...]
+    log_dir: str
+    flags: Tuple[Flag, ...]
+    bootstrap: str
+    kind: str
+    target: str
+    search_dir: str
+    program_args: Tuple[str, ...]
+
+    @property
+    def command(self) -> List[str]:
+        """The agent's argv: ``python -u -m rendezvous`` (torchrun plus our backend)."""
+        conf = ",".join(f"{key}={value}" for key, value in self.rdzv_conf)
+        return [
+            self.python,
+            "-u",  # the agent's tailer lines must reach us as they come
+            "-m",
+            "rendezvous",
+            f"--nnodes={self.num_nodes}",
+            f"--nproc-per-node={self.nproc_per_node}",
+            "--rdzv-backend=metaflow",
+            f"--rdzv-id={self.rdzv_id}",
+            *([f"--rdzv-endpoint={self.rdzv_endpoint}"] if self.rdzv_endpoint else []),
+            f"--rdzv-conf={conf}",
+            f"--log-dir={self.log_dir}",
+            "--tee=3",
+            *(f"--{name}" if value is None else f"--{name}={value}" for name, value in self.flags),
+            self.bootstrap,
+            self.kind,
+            self.target,
+            self.search_dir,
+            *self.program_args,
+        ]
+
+    def environment(self, base: Mapping[str, str]) -> Dict[str, str]:
+        """The agent's environment: ``base`` plus the rank prefix of worker lines."""
+        env = dict(base)
+        env["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] = LINE_PREFIX_TEMPLATE
+        return env
+
+
+def plan_launch(
+    *,
+    python: str,
+    num_nodes: int,
+    nproc_per_node: str,
+    rdzv_id: str,
+    rdzv_endpoint: Optional[str],
+    join_timeout: float,
+    default_log_dir: str,
+    flags: Sequence[Flag],
+    bootstrap: str,
+    entry: Tuple[str, str, str],
+    program_args: Sequence[str],
+) -> LaunchPlan:
+    """Combine checked inputs into a plan.
+
+    ``--nproc-per-node`` in ``flags`` was already resolved; ``--rdzv-conf``
+    keys are merged over ``join_timeout`` (a user's ``join_timeout`` wins);
+    ``--log-dir`` replaces ``default_log_dir``.
+    """
+    rdzv_conf = {_JOIN_TIMEOUT: f"{join_timeout:g}"}
+    log_dir = default_log_dir
+    rest: List[Flag] = []
+    for name, value in flags:
+        canonical = canonical_flag(name)
+        if canonical == _NPROC:
+            continue
+        if canonical in (_RDZV_CONF, _LOG_DIR) and value is None:
+            raise TorchrunArgumentError(f"torchrun_args --{name} needs a value.")
+        if canonical == _RDZV_CONF:
+            rdzv_conf.update(_parse_rdzv_conf(value))
+        elif canonical == _LOG_DIR:
+            log_dir = value
+        else:
+            rest.append((name, value))
+    kind, target, search_dir = entry
+    return LaunchPlan(
+        python=python,
+        num_nodes=num_nodes,
+        nproc_per_node=nproc_per_node,
+        rdzv_id=rdzv_id,
+        rdzv_endpoint=rdzv_endpoint,
+        rdzv_conf=tuple(rdzv_conf.items()),
+        log_dir=os.path.abspath(log_dir),
+        flags=tuple(rest),
+        bootstrap=bootstrap,
+        kind=kind,
+        target=target,
+        search_dir=search_dir,
+        program_args=tuple(program_args),
+    )

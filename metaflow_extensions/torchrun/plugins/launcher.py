@@ -1,0 +1,326 @@
+"""``current.torch``: starts this node's torchrun agent for an unchanged torchrun program.
+
+Every node of a ``@torchrun`` step calls ``current.torch.run`` with the same
+arguments; each starts one agent, ``python -m rendezvous`` (torchrun with the
+``metaflow`` backend), and the backend forms the job from the Metaflow nodes.
+"""
+
+import functools
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple
+
+from . import worker_bootstrap
+from .command import (
+    ArgsSpec,
+    LaunchPlan,
+    NprocSpec,
+    entrypoint_argv,
+    parse_torchrun_args,
+    plan_launch,
+    rendezvous_id,
+    resolve_entrypoint,
+    resolve_nproc_per_node,
+)
+from .exceptions import TorchrunArgumentError, TorchrunFailed
+from .log_pump import LogPump
+
+# (node index, what happened): another node of a local run that died.
+PeerFailure = Tuple[int, str]
+
+_POLL_SECONDS = 0.1
+# torch gives workers 30 s to stop after SIGTERM, and node 0 waits up to 5 s for
+# the other nodes to close the rendezvous; past that the agent is killed.
+_AGENT_STOP_GRACE_SECONDS = 40.0
+_TRACEBACK_LINES = 20
+_BACKEND_LINE_PREFIX = "metaflow rendezvous: "
+
+
+@dataclass(frozen=True)
+class TorchrunResult:
+    """What ``current.torch.run`` returns when every rank of every node succeeded.
+
+    Attributes:
+        exit_code: exit code of this node's torchrun agent (0).
+        wall_time: seconds from starting the agent to its exit, on this node.
+        restarts: how many times the workers were restarted in new rendezvous
+            rounds on this node (``--max-restarts`` allows them).
+        log_dir: directory with this node's per-rank logs:
+            ``<rdzv id>_*/attempt_<n>/<local rank>/{stdout,stderr}.log``.
+    """
+
+    exit_code: int
+    wall_time: float
+    restarts: int
+    log_dir: str
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """The ``@torchrun`` attributes and step facts ``run`` starts from, checked by the decorator."""
+
+    nproc_per_node: NprocSpec
+    master_port: Optional[int]
+    join_timeout: float
+    requested_gpus: int
+
+
+@dataclass(frozen=True)
+class TaskIdentity:
+    """Names of the Metaflow task; with the call number they make the rendezvous id."""
+
+    flow: str
+    run_id: str
+    step: str
+    task_id: str
+    attempt: int
+
+
+class TorchrunLauncher:
+    """``current.torch`` in a ``@torchrun`` step."""
+
+    def __init__(
+        self,
+        task: TaskIdentity,
+        flow_dir: str,
+        settings: StepSettings,
+        peer_failure: Callable[[], Optional[PeerFailure]] = lambda: None,
+    ):
+        self._task = task
+        self._flow_dir = flow_dir
+        self._settings = settings
+        self._peer_failure = peer_failure
+        self._calls = 0
+
+    def run(
+        self,
+        entrypoint: Optional[str] = None,
+        entrypoint_args: ArgsSpec = None,
+        nproc_per_node: NprocSpec = None,
+        torchrun_args: ArgsSpec = None,
+        *,
+        module: Optional[str] = None,
+    ) -> TorchrunResult:
+        """Run a torchrun program on every node of this step and wait for it.
+
+        Call it with the same arguments on every node. Worker output appears
+        in this task's stdout and stderr as it comes, each line prefixed with
+        ``[rank<global rank>]:``; per-rank files stay in ``result.log_dir``.
+
+        Parameters
+        ----------
+        entrypoint : str, optional
+            Path of the script, relative to the flow file's directory or absolute.
+        entrypoint_args : dict or list, optional
+            The script's arguments. A dict gives ``--key value`` in order
+            (``True``: bare ``--key``; ``False``/``None``: left out; a list:
+            ``--key v1 v2``), values through ``str()`` only. A list is passed as given.
+        nproc_per_node : int or "auto", optional
+            Worker processes per node. Default: ``--nproc-per-node`` in
+            ``torchrun_args``, else ``@torchrun(nproc_per_node)``, else the GPUs
+            requested with ``@resources``/``@kubernetes``/``@batch``, else 1.
+        torchrun_args : dict or list, optional
+            More torchrun flags, e.g. ``{"max_restarts": 1}`` or
+            ``["--max-restarts", "1"]``. Flags that the job's layout fixes
+            (nnodes, node rank, rdzv backend/endpoint/id, master addr/port,
+            tee/redirects) are refused.
+        module : str, optional
+            Instead of ``entrypoint``: a module to run like ``python -m module``,
+            found from the flow file's directory.
+
+        Returns
+        -------
+        TorchrunResult
+            Exit code, wall time, restarts and the per-rank log directory.
+
+        Raises
+        ------
+        TorchrunArgumentError
+            Bad input; raised before anything starts.
+        TorchrunFailed
+            A rank, a node or the rendezvous failed; names what failed first.
+        """
+        flags = parse_torchrun_args(torchrun_args)
+        program_args = entrypoint_argv(entrypoint_args)
+        nproc = resolve_nproc_per_node(
+            nproc_per_node, flags, self._settings.nproc_per_node, self._settings.requested_gpus
+        )
+        entry = resolve_entrypoint(entrypoint, module, self._flow_dir)
+        topology = _read_topology()
+        self._calls += 1
+        rdzv_id = rendezvous_id(
+            self._task.flow,
+            self._task.run_id,
+            self._task.step,
+            topology.control_task_id or self._task.task_id,
+            self._task.attempt,
+            self._calls,
+        )
+        port = self._settings.master_port
+        plan = plan_launch(
+            python=sys.executable,
+            num_nodes=topology.num_nodes,
+            nproc_per_node=nproc,
+            rdzv_id=rdzv_id,
+            # The backend puts node 0's address in front of a bare ":port" and
+            # derives the port from the rdzv id for a bare address. (Passing an
+            # endpoint also keeps torchrun from warning about master_addr.)
+            rdzv_endpoint=f":{port}" if port else topology.main_ip,
+            join_timeout=self._settings.join_timeout,
+            default_log_dir=os.path.join(
+                tempfile.gettempdir(), "metaflow-torchrun", rdzv_id, f"node-{topology.node_index}"
+            ),
+            flags=flags,
+            bootstrap=os.path.abspath(worker_bootstrap.__file__),
+            entry=entry,
+            program_args=program_args,
+        )
+        return self._launch(plan, topology.node_index)
+
+    def _launch(self, plan: LaunchPlan, node_index: int) -> TorchrunResult:
+        os.makedirs(plan.log_dir, exist_ok=True)
+        started = time.monotonic()
+        agent = subprocess.Popen(
+            plan.command,
+            env=plan.environment(os.environ),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            # The agent stops its workers on SIGTERM; it gets one if this task dies.
+            preexec_fn=functools.partial(
+                worker_bootstrap.die_with_parent, signal.SIGTERM, os.getpid()
+            ),
+        )
+        pump = LogPump([agent.stdout, agent.stderr], [sys.stdout, sys.stderr]).start()
+        peer_failure = None
+        try:
+            while True:
+                try:
+                    returncode = agent.wait(_POLL_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if peer_failure is None:
+                    peer_failure = self._peer_failure()
+                    if peer_failure is not None:
+                        _stop(agent)
+        finally:
+            if agent.poll() is None:  # interrupted (Ctrl-C, task killed): take the agent down
+                _stop(agent)
+            pump.join()
+        wall_time = time.monotonic() - started
+        if returncode != 0 or peer_failure is not None:
+            raise _failure(plan, node_index, returncode, pump.tail(1), peer_failure)
+        attempts = glob.glob(os.path.join(plan.log_dir, f"{plan.rdzv_id}_*", "attempt_*"))
+        return TorchrunResult(
+            exit_code=returncode,
+            wall_time=wall_time,
+            restarts=max(0, len(attempts) - 1),
+            log_dir=plan.log_dir,
+        )
+
+
+def _read_topology():
+    from rendezvous.topology import read_topology
+
+    try:
+        return read_topology()
+    except ValueError as error:  # rendezvous.errors.TopologyError
+        raise TorchrunArgumentError(
+            f"this task's place in the @parallel job is unknown: {error}"
+        ) from None
+
+
+def _stop(agent: subprocess.Popen) -> None:
+    """SIGTERM the agent (it stops its workers and tells the other nodes), SIGKILL if it hangs."""
+    agent.terminate()
+    try:
+        agent.wait(_AGENT_STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        agent.kill()  # its workers die with it (worker_bootstrap.die_with_parent)
+        agent.wait()
+
+
+def _failure(
+    plan: LaunchPlan,
+    node_index: int,
+    returncode: int,
+    agent_stderr: List[str],
+    peer_failure: Optional[PeerFailure],
+) -> TorchrunFailed:
+    """Say what failed first, from the most specific source at hand.
+
+    The backend's last line names the first failing node and rank; this node's
+    error files hold a local rank's traceback; a local peer that died is named
+    by the local launcher; otherwise the agent's last lines (torchrun's failure
+    table) say what happened.
+    """
+    backend_lines = [line for line in agent_stderr if line.startswith(_BACKEND_LINE_PREFIX)]
+    if backend_lines:  # the rendezvous failed, or another node failed first
+        return TorchrunFailed(
+            backend_lines[-1][len(_BACKEND_LINE_PREFIX):],
+            log_dir=plan.log_dir,
+            returncode=returncode,
+            hint="The failing node's own log has its full output.",
+        )
+    error = _first_worker_error(plan)
+    if error is not None:
+        local_rank, rank, message, traceback_text = error
+        tail = "\n".join(traceback_text.rstrip().splitlines()[-_TRACEBACK_LINES:])
+        return TorchrunFailed(
+            f"global rank {rank} (node {node_index}, local rank {local_rank}) failed with "
+            f"exit code 1: {message}",
+            traceback_tail=tail,
+            log_dir=plan.log_dir,
+            returncode=returncode,
+            node_index=node_index,
+        )
+    if peer_failure is not None:
+        node, summary = peer_failure
+        return TorchrunFailed(summary, log_dir=plan.log_dir, returncode=returncode, node_index=node)
+    return TorchrunFailed(
+        f"torchrun on node {node_index} exited with code {returncode}; its last output "
+        f"(torchrun's failure table names the rank, its exit code or signal):",
+        traceback_tail="\n".join(agent_stderr[-_TRACEBACK_LINES:]),
+        log_dir=plan.log_dir,
+        returncode=returncode,
+        node_index=node_index,
+    )
+
+
+def _first_worker_error(plan: LaunchPlan) -> Optional[Tuple[int, str, str, str]]:
+    """``(local rank, global rank, message, traceback)`` of the earliest error file of the
+    latest attempt on this node, or None when no worker left one."""
+    attempts = glob.glob(os.path.join(plan.log_dir, f"{plan.rdzv_id}_*", "attempt_*"))
+    if not attempts:
+        return None
+    latest = max(attempts, key=lambda path: int(path.rsplit("_", 1)[1]))
+    found = []
+    for path in glob.glob(os.path.join(latest, "*", "error.json")):
+        try:
+            with open(path) as error_file:
+                content = json.load(error_file)["message"]
+            extra = content.get("extraInfo", {})
+            local_rank = int(os.path.basename(os.path.dirname(path)))
+            found.append(
+                (
+                    int(extra.get("timestamp", 0)),
+                    local_rank,
+                    extra.get("rank") or "?",
+                    content.get("message", ""),
+                    extra.get("py_callstack", ""),
+                )
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # a file torch or the program wrote in another layout
+    if not found:
+        return None
+    _, local_rank, rank, message, traceback_text = min(found)
+    return local_rank, str(rank), message, traceback_text

@@ -1,0 +1,79 @@
+"""The one place that copies the torchrun agent's output into the task's own streams.
+
+torchrun's tailer already prefixes every worker line with the global rank and
+keeps per-rank files; this pump moves the agent's stdout and stderr to ours.
+Each stream has its own thread, so a flood on one never stalls the other or the
+agent; bytes that are not UTF-8 are replaced, never dropped; ``join`` returns
+only when both streams reached their end, so nothing is lost.
+"""
+
+import threading
+from collections import deque
+from typing import BinaryIO, Deque, List, Optional, TextIO
+
+_CHUNK = 1 << 16
+# A "line" longer than this is passed on in pieces, so that output without line
+# ends cannot grow the buffer without bound.
+_MAX_LINE = 1 << 20
+
+
+class LogPump:
+    """Copy ``sources[i]`` to ``sinks[i]`` line by line, each pair in its own thread.
+
+    The last ``keep_lines`` lines of every stream are kept for error messages.
+    """
+
+    def __init__(self, sources: List[BinaryIO], sinks: List[TextIO], keep_lines: int = 200):
+        self._pairs = list(zip(sources, sinks))
+        self._tails: List[Deque[str]] = [deque(maxlen=keep_lines) for _ in self._pairs]
+        self._threads = [
+            threading.Thread(
+                target=self._copy, args=(index,), name=f"torchrun-log-pump-{index}", daemon=True
+            )
+            for index in range(len(self._pairs))
+        ]
+
+    def start(self) -> "LogPump":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def join(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every stream is drained; False if ``timeout`` passed first."""
+        for thread in self._threads:
+            thread.join(timeout)
+        return not any(thread.is_alive() for thread in self._threads)
+
+    def tail(self, index: int) -> List[str]:
+        """The last lines seen on stream ``index`` (without line ends)."""
+        return list(self._tails[index])
+
+    def _copy(self, index: int) -> None:
+        source, sink = self._pairs[index]
+        tail = self._tails[index]
+        pending = b""
+        while True:
+            chunk = source.read1(_CHUNK)
+            if not chunk:
+                break
+            pending += chunk
+            end = pending.rfind(b"\n") + 1
+            if end:
+                self._emit(sink, tail, pending[:end])
+                pending = pending[end:]
+            if len(pending) > _MAX_LINE:
+                self._emit(sink, tail, pending + b"\n")
+                pending = b""
+        if pending:
+            self._emit(sink, tail, pending + b"\n")
+        source.close()
+
+    @staticmethod
+    def _emit(sink: TextIO, tail: Deque[str], data: bytes) -> None:
+        text = data.decode("utf-8", errors="replace")
+        try:
+            sink.write(text)
+        except UnicodeEncodeError:  # a sink that cannot encode U+FFFD or other characters
+            sink.write(text.encode("ascii", errors="backslashreplace").decode("ascii"))
+        sink.flush()
+        tail.extend(text.splitlines())

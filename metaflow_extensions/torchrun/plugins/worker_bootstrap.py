@@ -1,0 +1,109 @@
+"""Runs a user's torchrun program, unchanged, inside each worker process.
+
+torchrun starts ``python -u worker_bootstrap.py KIND TARGET SEARCH_DIR ARGS...``
+where KIND is ``script`` (TARGET is a file) or ``module`` (TARGET is a dotted
+name found from SEARCH_DIR). The bootstrap
+
+- makes the worker die with its torchrun agent (``PR_SET_PDEATHSIG`` on
+  Linux), so that a killed agent leaves no worker holding a GPU;
+- makes stdout and stderr line buffered: torchrun's ``-u`` would otherwise
+  write ``print("x")`` as two writes, and the agent's log tailer could then
+  split a line between two rank prefixes;
+- runs TARGET as ``__main__`` with ``sys.argv`` and ``sys.path[0]`` as
+  ``python TARGET ARGS`` or ``python -m TARGET ARGS`` would set them;
+- on an uncaught exception, writes torchelastic's error file (so the agent and
+  the other nodes can name the failing rank and its error), prints the
+  traceback without the bootstrap's own frames, and exits with code 1 as
+  Python does.
+
+This file is run by path in the worker and imported by the launcher, so it
+uses the standard library only and must stay importable without Metaflow.
+"""
+
+import ctypes
+import json
+import os
+import runpy
+import signal
+import sys
+import time
+import traceback
+from typing import List, Optional
+
+_PR_SET_PDEATHSIG = 1
+# Loaded once at import: loading a library between fork and exec can deadlock
+# on the loader lock another thread held at fork time.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def die_with_parent(sig: int, expected_parent: Optional[int] = None) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent exits.
+
+    Safe to call between fork and exec (``preexec_fn``): the setting survives
+    exec. If the parent is already gone (``expected_parent`` differs from the
+    current parent, or the parent is init), the process exits at once, since
+    the kernel would never send the signal. A no-op off Linux.
+    """
+    if _LIBC is None:
+        return
+    _LIBC.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    parent = os.getppid()
+    if parent == 1 or (expected_parent is not None and parent != expected_parent):
+        os._exit(1)
+
+
+def _user_traceback(error: BaseException) -> str:
+    """The traceback of ``error`` from the user's first frame on."""
+    tb = error.__traceback__
+    while tb is not None and (
+        tb.tb_frame.f_globals is globals() or tb.tb_frame.f_globals.get("__name__") == "runpy"
+    ):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(error), error, tb))
+
+
+def _record_error(error: BaseException, formatted: str) -> None:
+    """Write torchelastic's error file, unless the program already wrote one (``@record``)."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path or os.path.exists(path):
+        return
+    data = {
+        "message": {
+            "message": f"{type(error).__name__}: {error}",
+            "extraInfo": {
+                "py_callstack": formatted,
+                "timestamp": str(int(time.time())),
+                "rank": os.environ.get("RANK", ""),
+            },
+        }
+    }
+    try:
+        with open(path, "w") as error_file:
+            json.dump(data, error_file)
+    except OSError as write_error:
+        print(f"could not write the error file {path}: {write_error}", file=sys.stderr)
+
+
+def main(argv: List[str]) -> None:
+    kind, target, search_dir, *args = argv
+    die_with_parent(signal.SIGKILL)
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True, write_through=False)
+    sys.path[0] = search_dir
+    try:
+        if kind == "module":
+            sys.argv = [target, *args]  # run_module replaces argv[0] with the module's file
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = [target, *args]
+            runpy.run_path(target, run_name="__main__")
+    except Exception as error:
+        formatted = _user_traceback(error)
+        _record_error(error, formatted)
+        sys.stderr.write(formatted)
+        sys.stderr.flush()
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
