@@ -12,12 +12,21 @@ from typing import List, Optional
 
 def main(argv: Optional[List[str]] = None) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import config_from_args, parse_args
     from torch.distributed.run import main as torchrun_main
 
     from . import register
     from .errors import MetaflowRendezvousError
 
     register()
+    try:
+        # torchrun turns a malformed --rdzv-conf (and other bad flags) into a
+        # ValueError deep inside its launcher; checking the arguments first
+        # tells those apart from errors of the job itself.
+        config_from_args(parse_args(argv))
+    except ValueError as error:
+        print(f"metaflow rendezvous: bad torchrun arguments: {error}", file=sys.stderr)
+        sys.exit(2)
     try:
         torchrun_main(argv)
     except MetaflowRendezvousError as error:

@@ -225,3 +225,20 @@ def wait_for_output(job: Job, nodes, needle: str, timeout: float = 60) -> None:
         for node in nodes:
             assert job.procs[node].poll() is None, job.output(node)
         time.sleep(0.1)
+
+
+def test_three_jobs_side_by_side_do_not_collide(tmp_path):
+    jobs = []
+    try:
+        for name in "abc":
+            (tmp_path / name).mkdir()
+            jobs.append(Job(tmp_path / name, 2, "allreduce.py"))
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            assert job.wait() == {0: 0, 1: 0}, job.output(0)
+            assert "sum=3" in job.output(1)
+        assert len({derive_port(job.run_id) for job in jobs}) == 3
+    finally:
+        for job in jobs:
+            job.close()
