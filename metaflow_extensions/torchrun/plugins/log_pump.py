@@ -15,6 +15,8 @@ _CHUNK = 1 << 16
 # A "line" longer than this is passed on in pieces, so that output without line
 # ends cannot grow the buffer without bound.
 _MAX_LINE = 1 << 20
+# POSIX PIPE_BUF on Linux.
+_ATOMIC_WRITE = 4096
 
 
 class LogPump:
@@ -70,10 +72,24 @@ class LogPump:
 
     @staticmethod
     def _emit(sink: TextIO, tail: Deque[str], data: bytes) -> None:
-        text = data.decode("utf-8", errors="replace")
-        try:
-            sink.write(text)
-        except UnicodeEncodeError:  # a sink that cannot encode U+FFFD or other characters
-            sink.write(text.encode("ascii", errors="backslashreplace").decode("ascii"))
-        sink.flush()
-        tail.extend(text.splitlines())
+        """Write whole lines in pieces of at most PIPE_BUF bytes, one flush each.
+
+        In a local run every node writes to the same pipe (the control task's
+        log): pipe writes up to PIPE_BUF bytes are never interleaved with
+        another writer's, so lines of different nodes never mix.
+        """
+        start = 0
+        while start < len(data):
+            end = start + _ATOMIC_WRITE
+            if end < len(data):
+                last_line_end = data.rfind(b"\n", start, end) + 1
+                if last_line_end > start:  # else a line longer than PIPE_BUF goes in pieces
+                    end = last_line_end
+            text = data[start:end].decode("utf-8", errors="replace")
+            try:
+                sink.write(text)
+            except UnicodeEncodeError:  # a sink that cannot encode U+FFFD or other characters
+                sink.write(text.encode("ascii", errors="backslashreplace").decode("ascii"))
+            sink.flush()
+            tail.extend(text.splitlines())
+            start = end
