@@ -24,7 +24,11 @@ JOB_KEY = KEY_NAMESPACE + "job"
 
 T = TypeVar("T")
 
-_CONNECT_PROBE_INTERVAL = 0.02
+# A node probes node 0's port after 2 ms first, then half as long again each
+# time, up to every 20 ms: a node that starts just before node 0 listens loses
+# milliseconds, not a whole interval, and one that waits long costs little.
+_CONNECT_PROBE_FIRST_INTERVAL = 0.002
+_CONNECT_PROBE_MAX_INTERVAL = 0.02
 _ABORT_CHECK_INTERVAL = 0.05
 
 
@@ -62,9 +66,10 @@ def wait_until_listening(host: str, port: int, deadline: float) -> bool:
     """Probe ``host:port`` until it accepts a connection; False if ``deadline`` passes.
 
     TCPStore's own client retries with a growing back-off, which makes a node
-    that starts before node 0 join seconds late; a plain socket probe every
-    20 ms costs nothing and connects as soon as node 0 listens.
+    that starts before node 0 join seconds late; a plain socket probe, at most
+    every 20 ms, costs nothing and connects as soon as node 0 listens.
     """
+    interval = _CONNECT_PROBE_FIRST_INTERVAL
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -73,7 +78,8 @@ def wait_until_listening(host: str, port: int, deadline: float) -> bool:
             with socket.create_connection((host, port), timeout=min(1.0, remaining)):
                 return True
         except OSError:
-            time.sleep(min(_CONNECT_PROBE_INTERVAL, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            interval = min(interval * 1.5, _CONNECT_PROBE_MAX_INTERVAL)
 
 
 def connect_store(host: str, port: int, timeout: float) -> TCPStore:
