@@ -103,6 +103,8 @@ class _Watcher(threading.Thread):
         self.side = side
         self.latest_round = 0
         self.failure: Optional[JobFailedError] = None
+        # Nodes node 0 found silent: they will never close, so none waits for them.
+        self.silent_nodes: List[int] = []
         self._stop_event = threading.Event()
         self._heartbeats: Dict[int, Tuple[int, float]] = {}
 
@@ -166,6 +168,7 @@ class _Watcher(threading.Thread):
                     f"stopped sending heartbeats {now - since:.0f} s ago (its agent was "
                     f"killed, or the network to it is cut)"
                 )
+                self.silent_nodes.append(node)
                 self.publish_failure(reason, node)
                 self.failure = self.read_failure()
                 return
@@ -445,10 +448,15 @@ class MetaflowRendezvousHandler(RendezvousHandler):
             pass  # node 0 already went away: nothing left to tell it
 
     def _wait_for_others_to_close(self, side: BoundedConnection, closed: int) -> None:
-        # Only nodes that ever sent a heartbeat can close; one that never came
-        # (a join timeout) must not hold node 0 for close_timeout.
+        # Only nodes that sent heartbeats and did not fall silent can close; one
+        # that never came (a join timeout) or died must not hold node 0 up.
         beats = [self.key(f"hb/{i}") for i in range(self.topology.num_nodes)]
-        expected = sum(1 for count in side.call(lambda store: store.multi_get(beats)) if int(count))
+        counts = side.call(lambda store: store.multi_get(beats))
+        expected = sum(
+            1
+            for node, count in enumerate(counts)
+            if int(count) and node not in self._watcher.silent_nodes
+        )
         closed_key = self.key("closed")
         deadline = time.monotonic() + self.settings.close_timeout
         while closed < expected and time.monotonic() < deadline:

@@ -12,6 +12,8 @@ from torch.distributed.elastic.multiprocessing.errors import record
 def main() -> None:
     if int(os.environ["RANK"]) == int(os.environ.get("FAIL_RANK", "0")):
         time.sleep(float(os.environ.get("FAIL_AFTER", "0")))
+        # CLOCK_MONOTONIC is system-wide: bench/faults.py times the stop from here
+        print(f"raising at {time.monotonic()}", flush=True)
         raise ValueError("rank failed on purpose")
     time.sleep(float(os.environ.get("IDLE_SECONDS", "120")))
 

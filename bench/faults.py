@@ -1,0 +1,160 @@
+"""How fast a job of real torchrun agents stops after each kind of fault.
+
+Each fault hits a running 3-node job (one worker per node, the metaflow
+backend); the figure is the time from the fault to the exit of the last agent
+that must stop, median of --repeats runs. Link cuts run across three test hosts
+(network namespaces; root needed), the rest on loopback. Run it inside
+bench/run_in_netns.sh, because TCPStore's reverse DNS lookups can stall for 5 s
+on a resolver that drops queries:
+
+    bench/run_in_netns.sh python bench/faults.py --repeats 3
+
+It uses the process harness of the test suite (tests/torchrun_nodes.py,
+tests/netns_hosts.py).
+"""
+
+import argparse
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from netns_hosts import TestHosts, unavailable_reason  # noqa: E402
+from torchrun_nodes import Job  # noqa: E402
+
+NODES = 3
+STARTED = "started rank="
+JOIN_TIMEOUT = 10.0
+
+
+def wait_for_lines(job: Job, nodes: List[int], needle: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(needle in job.output(node) for node in nodes):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {needle!r} in time; node 0 says:\n" + job.output(0)[-2000:])
+        time.sleep(0.01)
+
+
+def last_exit(job: Job, nodes: List[int], timeout: float = 180) -> float:
+    """Monotonic time by which every node in ``nodes`` had exited."""
+    deadline = time.monotonic() + timeout
+    while any(job.procs[node].poll() is None for node in nodes):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nodes {nodes} still run after {timeout} s")
+        time.sleep(0.005)
+    return time.monotonic()
+
+
+def field(text: str, name: str) -> str:
+    line = next(line for line in text.splitlines() if name in line)
+    return line.rsplit(name, 1)[1].split()[0]
+
+
+# Each fault takes a job that was built but not started, and returns seconds.
+
+def rank_raises(job: Job, hosts: Optional[TestHosts]) -> float:
+    job.env.update(FAIL_RANK="1", FAIL_AFTER="2")
+    job.start()
+    wait_for_lines(job, [1], "raising at ")
+    return last_exit(job, [0, 1, 2]) - float(field(job.output(1), "raising at "))
+
+
+def worker_killed(job: Job, hosts: Optional[TestHosts]) -> float:
+    job.start()
+    wait_for_lines(job, [0, 1, 2], STARTED)
+    fault = time.monotonic()
+    os.kill(int(field(job.output(1), "pid=")), signal.SIGKILL)
+    return last_exit(job, [0, 1, 2]) - fault
+
+
+def agent_killed(job: Job, hosts: Optional[TestHosts]) -> float:
+    job.start()
+    wait_for_lines(job, [0, 1, 2], STARTED)
+    fault = time.monotonic()
+    job.signal(2, signal.SIGKILL)
+    return last_exit(job, [0, 1]) - fault
+
+
+def link_cut(index: int) -> Callable[[Job, Optional[TestHosts]], float]:
+    def cut(job: Job, hosts: Optional[TestHosts]) -> float:
+        job.start()
+        wait_for_lines(job, [0, 1, 2], STARTED)
+        fault = time.monotonic()
+        hosts.cut_link(index)
+        return last_exit(job, [0, 1, 2]) - fault
+    return cut
+
+
+def never_arrives(job: Job, hosts: Optional[TestHosts]) -> float:
+    """Seconds past join_timeout until the nodes that came have stopped."""
+    job.start([0, 1])
+    start = time.monotonic()
+    return last_exit(job, [0, 1]) - start - JOIN_TIMEOUT
+
+
+def arrives_late(job: Job, hosts: Optional[TestHosts]) -> float:
+    """Seconds from the late node's start until the whole (successful) job ended."""
+    job.start([0, 1])
+    time.sleep(JOIN_TIMEOUT / 2)
+    late = time.monotonic()
+    job.start([2])
+    end = last_exit(job, [0, 1, 2])
+    codes = {node: proc.returncode for node, proc in job.procs.items()}
+    if any(codes.values()):
+        raise RuntimeError(f"the late node's job failed: {codes}")
+    return end - late
+
+
+FAULTS: Dict[str, tuple] = {
+    # name: (fault, script, needs test hosts)
+    "a rank raises": (rank_raises, "raise_or_idle.py", False),
+    "a worker is SIGKILLed": (worker_killed, "idle.py", False),
+    "an agent is SIGKILLed": (agent_killed, "idle.py", False),
+    "a worker host's link is cut": (link_cut(2), "idle.py", True),
+    "the control host's link is cut": (link_cut(0), "idle.py", True),
+    f"a node never arrives (beyond join_timeout={JOIN_TIMEOUT:g})": (never_arrives, "idle.py", False),
+    "a node arrives late (job succeeds; from its start to the end)": (arrives_late, "allreduce.py", False),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    conf = {"join_timeout": JOIN_TIMEOUT}
+    netns_problem = unavailable_reason()
+    results: Dict[str, List[float]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, (fault, script, on_hosts) in FAULTS.items():
+            if on_hosts and netns_problem:
+                print(f"{name}: skipped ({netns_problem})")
+                continue
+            for repeat in range(args.repeats):
+                workdir = Path(tempfile.mkdtemp(dir=scratch))
+                env = {"IDLE_SECONDS": "600"}
+                if on_hosts:
+                    with TestHosts(NODES) as hosts, Job(
+                        workdir, NODES, script, rdzv_conf=conf, main_ip=hosts.addresses[0],
+                        env={**env, "GLOO_SOCKET_IFNAME": "eth0"}, host_prefix=hosts.command_prefix,
+                    ) as job:
+                        seconds = fault(job, hosts)
+                else:
+                    with Job(workdir, NODES, script, rdzv_conf=conf, env=env) as job:
+                        seconds = fault(job, None)
+                results.setdefault(name, []).append(seconds)
+                print(f"{name} #{repeat + 1}: {seconds:.2f} s", flush=True)
+    print("\n| fault (3 nodes, default heartbeat_timeout=15 s) | seconds, median | runs |")
+    print("| --- | --- | --- |")
+    for name, values in results.items():
+        print(f"| {name} | {statistics.median(values):.2f} | {len(values)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
