@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -102,3 +103,175 @@ def test_five_megabytes_on_stderr_alone(flows):
         stderr_returned = task_lines.index(f"RUN RETURNED node={rank} call=1")
         assert task_lines.index(flood[-1]) < stderr_returned
     assert flows.live_processes() == []
+
+
+def test_single_node_without_num_parallel(flows):
+    # nproc_per_node from the decorator attribute; the program run as a module
+    run = flows.run("single_node.py", env={"TORCHRUN_TEST_ATTRIBUTES": '{"nproc_per_node": 2}'})
+    assert run.returncode == 0, run.output[-6000:]
+    lines = run.task_lines("train")
+    for rank in (0, 1):
+        assert f"[rank{rank}]: rank={rank} world=2 group_rank=0 sum=3 text=one node" in lines
+    assert any(line.startswith("RESULT exit_code=0 restarts=0 parallel=('127.0.0.1', 1, 0,") for line in lines)
+    assert flows.live_processes() == []
+
+
+def test_two_calls_in_one_step_form_two_rendezvous(flows):
+    run = flows.run("two_nodes.py", "--script", "ranks.py", "--nproc", "1", "--calls", "2")
+    assert run.returncode == 0, run.output[-6000:]
+    outcome = results(run)
+    assert sorted(outcome) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    for (node, call), fields in outcome.items():
+        assert fields["exit_code"] == "0"
+        # the rendezvous id (first part of the log dir) is per call, the same on both nodes
+        assert re.search(rf"-a0-c{call}/node-{node}$", fields["log_dir"]), fields["log_dir"]
+    lines = run.task_lines("train")
+    assert lines.count("[rank1]: rank=1 world=2 group_rank=1 sum=3 text=") == 2
+    assert flows.live_processes() == []
+
+
+def test_retry_forms_a_fresh_rendezvous(flows):
+    run = flows.run("retry_flow.py")
+    assert run.returncode == 0, run.output[-6000:]
+    lines = run.task_lines("train")
+    assert "[rank1]: RuntimeError: planned failure in attempt 0" in lines
+    for rank in (0, 1):
+        assert any(
+            line.startswith(f"[rank{rank}]: rank={rank} attempt=1 sum=2 run_id=RetryFlow-")
+            and line.endswith("-a1-c1")
+            for line in lines
+        ), lines[-40:]
+    assert flows.live_processes() == []
+
+
+def test_bad_input_is_refused_before_anything_starts(flows):
+    run = flows.run("bad_inputs.py")
+    assert run.returncode != 0
+    refused = {}
+    for line in run.task_lines():
+        if line.startswith("BAD "):
+            name, _, message = line[4:].partition(": ")
+            refused[name] = message
+    assert refused["outside @torchrun"].startswith(
+        "TorchrunNotEnabled: current.torch exists only in steps decorated with @torchrun"
+    )
+    assert "HAS TORCH outside @torchrun: False" in run.task_lines("start")
+    expected = {
+        "missing entrypoint": "entrypoint 'no_such_script.py' not found: looked for "
+        + str(Path(__file__).parent / "flows" / "no_such_script.py"),
+        "entrypoint type": "entrypoint must be the path of a script, not int",
+        "entrypoint and module": "give exactly one of entrypoint=",
+        "neither entrypoint nor module": "give exactly one of entrypoint=",
+        "missing module": "module='no_such_package.train': no module or package 'no_such_package'",
+        "entrypoint_args type": "entrypoint_args must be a dict",
+        "torchrun_args type": "torchrun_args must be a dict",
+        "nproc zero": "nproc_per_node=0: give the number of worker processes per node",
+        "nproc text": "nproc_per_node='two': give the number",
+        "nproc twice": "nproc_per_node is given twice",
+        "managed flag": "torchrun_args may not set --rdzv_backend: run() always uses the metaflow",
+        "managed flag in a list": "torchrun_args may not set --nnodes",
+        "list without dashes": "torchrun_args: 'max_restarts' is neither a flag nor the value of one",
+    }
+    for name, start in expected.items():
+        assert refused.get(name, "").startswith("TorchrunArgumentError: " + start), (name, refused.get(name))
+    assert not any(line.startswith("NOT REFUSED") for line in run.task_lines())
+    # the uncaught one ends the step with its message and no traceback from deep inside
+    train = "\n".join(run.task_lines("train"))
+    assert "Invalid torchrun argument:\nentrypoint 'no_such_script.py' not found" in train
+    assert "Traceback" not in train
+    # nothing was started: no per-rank log directory exists
+    assert not list((flows.root / "tmp").glob("metaflow-torchrun/*"))
+
+
+@pytest.mark.parametrize(
+    "attributes, message",
+    [
+        ({"master_port": "http"}, "@torchrun(master_port='http'): give a TCP port from 1 to 65535"),
+        ({"all_nodes_started_timeout": -1}, "@torchrun(all_nodes_started_timeout=-1): give the number of seconds"),
+        ({"nproc_per_node": 0}, "@torchrun(nproc_per_node)=0: give the number of worker processes"),
+    ],
+)
+def test_bad_decorator_attribute_stops_the_run_at_start(flows, attributes, message):
+    run = flows.run("single_node.py", env={"TORCHRUN_TEST_ATTRIBUTES": json.dumps(attributes)})
+    assert run.returncode != 0
+    assert message in run.output, run.output[-3000:]
+    assert "Task is starting" not in run.output
+
+
+def test_node_dying_before_torchrun_fails_node_zero_at_once(flows):
+    # Node 1 raises before it calls run(); node 0 would wait 600 s for it to join.
+    run = flows.run(
+        "two_nodes.py", "--script", "raise_rank.py", "--script_args", '{"fail-rank": 99}',
+        "--broken_node", "1",
+    )
+    assert run.returncode != 0
+    out = "\n".join(run.task_lines("train"))
+    assert "RuntimeError: node 1 broke before calling torchrun" in out
+    assert "torchrun failed:\nnode 1 (task " in out and "_node_1) exited with code 1 while node 0 was running" in out
+    assert flows.live_processes() == []
+
+
+def command_lines(flows):
+    """``{pid: argv}`` of this test's live processes."""
+    found = {}
+    for pid in flows.live_processes():
+        try:
+            found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+    return found
+
+
+def processes_running(flows, *needles: bytes):
+    """This test's live processes with every one of ``needles`` among their arguments."""
+    return [pid for pid, argv in command_lines(flows).items() if all(n in argv for n in needles)]
+
+
+def workers(flows):
+    """This test's torchrun workers: ``python -u worker_bootstrap.py ...``."""
+    return [
+        pid for pid, argv in command_lines(flows).items()
+        if len(argv) > 2 and argv[2].endswith(b"worker_bootstrap.py")
+    ]
+
+
+def start_flow(flows, *args: str, ready):
+    """Start two_nodes.py; return the flow process and its output once ``ready()`` holds."""
+    flow = flows.start("two_nodes.py", *args)
+    output = []
+    threading.Thread(target=lambda: output.extend(flow.stdout), daemon=True).start()
+    deadline = time.monotonic() + 200
+    while not ready():
+        assert flow.poll() is None and time.monotonic() < deadline, b"".join(output)[-4000:]
+        time.sleep(0.2)
+    return flow, output
+
+
+def wait_until_no_process_left(flows, output) -> None:
+    deadline = time.monotonic() + 120
+    while flows.live_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert flows.live_processes() == [], b"".join(output)[-4000:]
+
+
+def test_interrupted_run_leaves_no_process(flows):
+    flow, output = start_flow(
+        flows, "--script", "raise_rank.py", "--script_args", '{"fail-rank": 99}', "--nproc", "2",
+        ready=lambda: len(workers(flows)) == 4,
+    )
+    os.killpg(flow.pid, signal.SIGINT)  # Ctrl-C in the terminal: the whole process group
+    flow.wait(timeout=120)
+    wait_until_no_process_left(flows, output)
+
+
+def test_killed_control_task_takes_every_node_down(flows):
+    # Node 0's agent waits in the rendezvous; node 1 sleeps in its step, outside torchrun.
+    flow, output = start_flow(
+        flows, "--script", "raise_rank.py", "--sleeping_node", "1",
+        ready=lambda: processes_running(flows, b"rendezvous") and processes_running(flows, b"ubf_task"),
+    )
+    control = processes_running(flows, b"ubf_control")
+    assert len(control) == 1, control
+    os.kill(control[0], signal.SIGKILL)  # no finally block runs in it
+    wait_until_no_process_left(flows, output)
+    assert flow.wait(timeout=120) != 0

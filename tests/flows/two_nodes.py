@@ -1,6 +1,7 @@
 """Two nodes, one @torchrun step; the test chooses the program and arguments."""
 import json
 import sys
+import time
 
 from metaflow import FlowSpec, Parameter, current, step, torchrun
 
@@ -12,6 +13,7 @@ class TwoNodesFlow(FlowSpec):
     nproc = Parameter("nproc", default=2)
     calls = Parameter("calls", default=1)
     broken_node = Parameter("broken_node", default=-1, help="this node raises instead of running")
+    sleeping_node = Parameter("sleeping_node", default=-1, help="this node sleeps instead of running")
 
     @step
     def start(self):
@@ -23,6 +25,8 @@ class TwoNodesFlow(FlowSpec):
         node = current.parallel.node_index
         if node == self.broken_node:
             raise RuntimeError(f"node {node} broke before calling torchrun")
+        if node == self.sleeping_node:
+            time.sleep(600)
         for call in range(1, self.calls + 1):
             result = current.torch.run(
                 entrypoint=self.script,

@@ -72,24 +72,22 @@ class LogPump:
 
     @staticmethod
     def _emit(sink: TextIO, tail: Deque[str], data: bytes) -> None:
-        """Write whole lines in pieces of at most PIPE_BUF bytes, one flush each.
+        """Write ``data`` (whole lines) one line per write, each flushed at once.
 
-        In a local run every node writes to the same pipe (the control task's
-        log): pipe writes up to PIPE_BUF bytes are never interleaved with
-        another writer's, so lines of different nodes never mix.
+        One line per write because in a local run every node writes into the
+        same pipe (the control task's log), where writes of at most PIPE_BUF
+        bytes are never interleaved with another writer's; and because
+        Metaflow's local runtime takes one line per read event, so lines
+        written together would wait for the next output to show.
         """
         start = 0
         while start < len(data):
-            end = start + _ATOMIC_WRITE
-            if end < len(data):
-                last_line_end = data.rfind(b"\n", start, end) + 1
-                if last_line_end > start:  # else a line longer than PIPE_BUF goes in pieces
-                    end = last_line_end
+            end = min(data.find(b"\n", start) + 1 or len(data), start + _ATOMIC_WRITE)
             text = data[start:end].decode("utf-8", errors="replace")
             try:
                 sink.write(text)
             except UnicodeEncodeError:  # a sink that cannot encode U+FFFD or other characters
                 sink.write(text.encode("ascii", errors="backslashreplace").decode("ascii"))
             sink.flush()
-            tail.extend(text.splitlines())
+            tail.append(text.rstrip("\n"))
             start = end
