@@ -105,9 +105,14 @@ def test_five_megabytes_on_stderr_alone(flows):
     assert flows.live_processes() == []
 
 
-def test_single_node_without_num_parallel(flows):
-    # nproc_per_node from the decorator attribute; the program run as a module
-    run = flows.run("single_node.py", env={"TORCHRUN_TEST_ATTRIBUTES": '{"nproc_per_node": 2}'})
+@pytest.mark.parametrize(
+    "attributes, options",
+    [('{"nproc_per_node": 2}', []), ("{}", ["--with", "resources:gpu=2"])],
+    ids=["nproc from the attribute", "nproc from the GPUs requested"],
+)
+def test_single_node_without_num_parallel(flows, attributes, options):
+    # two processes without nproc_per_node in run(); the program run as a module
+    run = flows.run("single_node.py", *options, env={"TORCHRUN_TEST_ATTRIBUTES": attributes})
     assert run.returncode == 0, run.output[-6000:]
     lines = run.task_lines("train")
     for rank in (0, 1):

@@ -1,7 +1,8 @@
 """The ``@torchrun`` step decorator: Metaflow's ``@parallel`` plus ``current.torch``.
 
 Metaflow imports this module on every ``import metaflow``: it imports neither
-torch nor the launcher at module level.
+torch nor the launcher at module level, and not our exceptions either, which
+import metaflow themselves (importing them first must not make a cycle).
 """
 
 import ast
@@ -15,8 +16,6 @@ from typing import Iterator, List, Optional, Tuple
 from metaflow.metaflow_current import Current, current
 from metaflow.plugins.parallel_decorator import ParallelDecorator
 from metaflow.unbounded_foreach import UBF_CONTROL, UBF_TASK
-
-from .exceptions import TorchrunArgumentError, TorchrunNotEnabled
 
 
 class TorchrunDecorator(ParallelDecorator):
@@ -181,6 +180,8 @@ class TorchrunDecorator(ParallelDecorator):
 
 
 def _current_torch_outside_torchrun(_: Current):
+    from .exceptions import TorchrunNotEnabled
+
     raise TorchrunNotEnabled(
         "current.torch exists only in steps decorated with @torchrun: add @torchrun above "
         "@step (and call the step with self.next(..., num_parallel=N) for N nodes)."
@@ -203,6 +204,8 @@ def _checked_nproc(value: object) -> Optional[str]:
 def _checked_port(value: object) -> Optional[int]:
     if value is None:
         return None
+    from .exceptions import TorchrunArgumentError
+
     text = str(value).strip()
     if isinstance(value, bool) or not text.isdigit() or not 1 <= int(text) <= 65535:
         raise TorchrunArgumentError(
@@ -213,6 +216,8 @@ def _checked_port(value: object) -> Optional[int]:
 
 
 def _checked_timeout(value: object) -> float:
+    from .exceptions import TorchrunArgumentError
+
     try:
         seconds = float(value)
     except (TypeError, ValueError):
