@@ -135,6 +135,21 @@ def test_two_calls_in_one_step_form_two_rendezvous(flows):
     assert flows.live_processes() == []
 
 
+def test_max_restarts_recovers_and_counts_the_restart(flows):
+    run = flows.run(
+        "two_nodes.py", "--script", "fail_first_round.py", "--nproc", "1",
+        "--torchrun_args", '{"max_restarts": 1}',
+    )
+    assert run.returncode == 0, run.output[-6000:]
+    lines = run.task_lines("train")
+    assert "[rank1]: RuntimeError: planned failure in the first round" in lines
+    for rank in (0, 1):
+        assert f"[rank{rank}]: rank={rank} sum=2 after the restart" in lines
+    # node 1 restarted its worker; node 0 followed it into the new round
+    assert results(run)[(1, 1)]["restarts"] == "1"
+    assert flows.live_processes() == []
+
+
 def test_retry_forms_a_fresh_rendezvous(flows):
     run = flows.run("retry_flow.py")
     assert run.returncode == 0, run.output[-6000:]

@@ -274,9 +274,11 @@ def _failure(
     if error is not None:
         local_rank, rank, message, traceback_text = error
         tail = "\n".join(traceback_text.rstrip().splitlines()[-_TRACEBACK_LINES:])
+        who = f"global rank {rank} (node {node_index}, local rank {local_rank})" if rank else (
+            f"local rank {local_rank} of node {node_index}"  # an error file without our rank
+        )
         return TorchrunFailed(
-            f"global rank {rank} (node {node_index}, local rank {local_rank}) failed with "
-            f"exit code 1: {message}",
+            f"{who} failed with exit code 1: {message}",
             traceback_tail=tail,
             log_dir=plan.log_dir,
             returncode=returncode,
@@ -296,8 +298,8 @@ def _failure(
 
 
 def _first_worker_error(plan: LaunchPlan) -> Optional[Tuple[int, str, str, str]]:
-    """``(local rank, global rank, message, traceback)`` of the earliest error file of the
-    latest attempt on this node, or None when no worker left one."""
+    """``(local rank, global rank or "", message, traceback)`` of the earliest error file
+    of the latest attempt on this node, or None when no worker left one."""
     attempts = glob.glob(os.path.join(plan.log_dir, f"{plan.rdzv_id}_*", "attempt_*"))
     if not attempts:
         return None
@@ -313,7 +315,7 @@ def _first_worker_error(plan: LaunchPlan) -> Optional[Tuple[int, str, str, str]]
                 (
                     int(extra.get("timestamp", 0)),
                     local_rank,
-                    extra.get("rank") or "?",
+                    extra.get("rank", ""),
                     content.get("message", ""),
                     extra.get("py_callstack", ""),
                 )
