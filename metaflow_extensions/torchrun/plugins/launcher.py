@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 from . import worker_bootstrap
 from .command import (
@@ -31,6 +31,9 @@ from .command import (
 )
 from .exceptions import TorchrunArgumentError, TorchrunFailed
 from .log_pump import LogPump
+
+if TYPE_CHECKING:
+    from rendezvous.topology import Topology
 
 # (node index, what happened): another node of a local run that died.
 PeerFailure = Tuple[int, str]
@@ -84,7 +87,11 @@ class TaskIdentity:
 
 
 class TorchrunLauncher:
-    """``current.torch`` in a ``@torchrun`` step."""
+    """``current.torch`` in a ``@torchrun`` step; the decorator builds one per task.
+
+    ``peer_failure`` tells, on node 0 of a local run, whether another node's
+    task died, so that ``run`` stops at once instead of waiting for it to join.
+    """
 
     def __init__(
         self,
@@ -227,7 +234,7 @@ class TorchrunLauncher:
         )
 
 
-def _read_topology():
+def _read_topology() -> "Topology":
     from rendezvous.topology import read_topology
 
     try:
