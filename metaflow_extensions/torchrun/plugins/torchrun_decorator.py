@@ -74,6 +74,12 @@ class TorchrunDecorator(ParallelDecorator):
         super().step_init(flow, graph, step_name, decorators, environment, flow_datastore, logger)
         from .launcher import StepSettings
 
+        # Every task of the flow initializes every step's decorators: from here
+        # on, current.torch explains itself in the steps without @torchrun. The
+        # launcher replaces it (current._update_env) in the steps with it.
+        if "torch" not in vars(Current):
+            Current.torch = property(_current_torch_outside_torchrun)
+
         self._single_node = not graph[step_name].parallel_step
         self._flow_dir = os.path.dirname(os.path.abspath(inspect.getfile(type(flow))))
         self._settings = StepSettings(
@@ -187,10 +193,6 @@ def _current_torch_outside_torchrun(_: Current):
         "@step (and call the step with self.next(..., num_parallel=N) for N nodes)."
     )
 
-
-# Replaced by the launcher (current._update_env) in @torchrun steps.
-if not hasattr(Current, "torch"):
-    Current.torch = property(_current_torch_outside_torchrun)
 
 
 def _checked_nproc(value: object) -> Optional[str]:
