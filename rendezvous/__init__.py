@@ -18,7 +18,7 @@ def register() -> None:
     """
     from torch.distributed.elastic.rendezvous import rendezvous_handler_registry
 
-    from .handler import create_handler
+    from ._entry_point import create_handler
 
     rendezvous_handler_registry.register(BACKEND_NAME, create_handler)
 

@@ -1,12 +1,20 @@
-"""Target of the ``torchrun.handlers`` entry point named ``metaflow``.
+"""The creator torch registers as the ``metaflow`` backend, and the entry point that returns it.
 
-torch imports this while ``torch.distributed.elastic.rendezvous`` is still being
-imported, so nothing here may import that package at module level.
+torch loads the ``torchrun.handlers`` entry point while
+``torch.distributed.elastic.rendezvous`` is still being imported, possibly
+from inside an import of our own modules, so nothing here imports torch or the
+handler until a handler is actually made. ``rendezvous.register()`` registers
+the same function, which keeps registering twice harmless.
 """
 
 
-def handler_creator():
-    """Return the creator torch registers: ``RendezvousParameters -> handler``."""
-    from .handler import create_handler
+def create_handler(params):
+    """``RendezvousParameters -> MetaflowRendezvousHandler``; see ``rendezvous.handler``."""
+    from .handler import create_handler as create
 
+    return create(params)
+
+
+def handler_creator():
+    """Entry point of group ``torchrun.handlers``: torch calls it and registers the result."""
     return create_handler

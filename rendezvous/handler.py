@@ -133,7 +133,9 @@ class _Watcher(threading.Thread):
         heartbeat_key = handler.key(f"hb/{handler.node_index}")
         round_key = handler.key("round")
         next_beat = 0.0
-        while not self._stop_event.is_set():
+        # The first poll waits one interval: at the start of a round it would
+        # only compete with the round's own calls for node 0 and the CPU.
+        while not self._stop_event.wait(settings.poll_interval):
             now = time.monotonic()
             try:
                 if now >= next_beat:
@@ -151,7 +153,6 @@ class _Watcher(threading.Thread):
                 )
             if self.failure is not None:
                 return
-            self._stop_event.wait(settings.poll_interval)
 
     def _check_heartbeats(self, now: float) -> None:
         handler = self.handler
@@ -163,7 +164,11 @@ class _Watcher(threading.Thread):
             last_count, since = self._heartbeats.get(node, (-1, now))
             if count != last_count:
                 self._heartbeats[node] = (count, now)
-            elif count > 0 and now - since > handler.settings.heartbeat_timeout:
+            # Before the first round forms, a node that never beat may just be
+            # starting (the join timeout covers it); after, it must beat.
+            elif (count > 0 or handler.joined_a_round) and (
+                now - since > handler.settings.heartbeat_timeout
+            ):
                 reason = (
                     f"stopped sending heartbeats {now - since:.0f} s ago (its agent was "
                     f"killed, or the network to it is cut)"
@@ -282,6 +287,10 @@ class MetaflowRendezvousHandler(RendezvousHandler):
     @property
     def node_index(self) -> int:
         return self.topology.node_index
+
+    @property
+    def joined_a_round(self) -> bool:
+        return self._round >= 0
 
     def key(self, name: str) -> str:
         return self._namespace + name

@@ -5,11 +5,12 @@ warning per slice, hence ``BoundedConnection``.
 """
 
 import errno
+import queue
 import socket
 import threading
 import time
 from datetime import timedelta
-from typing import Callable, List, Optional, Tuple, TypeVar
+from typing import Callable, List, Optional, TypeVar
 
 from torch.distributed import DistError, DistNetworkError, Store, TCPStore
 
@@ -30,6 +31,8 @@ T = TypeVar("T")
 _CONNECT_PROBE_FIRST_INTERVAL = 0.002
 _CONNECT_PROBE_MAX_INTERVAL = 0.02
 _ABORT_CHECK_INTERVAL = 0.05
+# How long after a wait's deadline TCPStore's own time-out reply may take.
+_WAIT_REPLY_GRACE = 2.0
 
 
 def host_store(host: str, port: int, timeout: float) -> TCPStore:
@@ -97,16 +100,35 @@ def connect_store(host: str, port: int, timeout: float) -> TCPStore:
         ) from None
 
 
+class _Call:
+    """One store call handed to a connection's worker thread, and its outcome."""
+
+    def __init__(self, operation: Callable[[Store], object]):
+        self.operation = operation
+        self.finished = threading.Event()
+        self.succeeded = False
+        self.value: object = None
+
+    def run(self, store: Store) -> None:
+        try:
+            self.value = self.operation(store)
+            self.succeeded = True
+        except BaseException as error:  # handed to the caller
+            self.value = error
+        finally:
+            self.finished.set()
+
+
 class BoundedConnection:
     """A client connection to node 0's store whose every call ends by a deadline.
 
     TCPStore honours its timeout in ``wait`` and ``get`` only: any call over a
     link that went silent (cable cut, host frozen) blocks forever, and a thread
-    blocked in C++ also holds off Python's signal handlers. So each call runs
-    in a helper thread while the caller waits on an event, asking ``abort``
-    every 50 ms whether to stop. A call that is given up on leaves the helper
-    thread stuck in the connection: the connection is then abandoned and every
-    later call fails at once.
+    blocked in C++ also holds off Python's signal handlers. So the calls run on
+    a worker thread of the connection while the caller waits on an event,
+    asking ``abort`` every 50 ms whether to stop. A call that is given up on
+    leaves the worker stuck in the connection: the connection is then
+    abandoned and every later call fails at once.
     """
 
     def __init__(
@@ -120,8 +142,13 @@ class BoundedConnection:
         self.endpoint = endpoint
         self.call_timeout = call_timeout
         self._abort = abort
-        self._lock = threading.Lock()
         self._abandoned: Optional[str] = None
+        self._calls: "queue.SimpleQueue[_Call]" = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="metaflow-rdzv-store", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            self._calls.get().run(self.store)
 
     def call(self, operation: Callable[[Store], T], deadline: Optional[float] = None) -> T:
         """Return ``operation(store)``; the deadline defaults to ``call_timeout`` from now.
@@ -138,20 +165,9 @@ class BoundedConnection:
             )
         if deadline is None:
             deadline = time.monotonic() + self.call_timeout
-        finished = threading.Event()
-        outcome: List[Tuple[bool, object]] = []
-
-        def call_in_thread() -> None:
-            try:
-                with self._lock:
-                    outcome.append((True, operation(self.store)))
-            except BaseException as error:  # handed to the caller below
-                outcome.append((False, error))
-            finally:
-                finished.set()
-
-        threading.Thread(target=call_in_thread, name="metaflow-rdzv-call", daemon=True).start()
-        while not finished.wait(_ABORT_CHECK_INTERVAL):
+        pending = _Call(operation)
+        self._calls.put(pending)
+        while not pending.finished.wait(_ABORT_CHECK_INTERVAL):
             reason = self._abort()
             if reason is not None:
                 self._abandoned = f"stopped waiting: {reason}"
@@ -162,21 +178,24 @@ class BoundedConnection:
                     f"the rendezvous store at {self.endpoint} did not answer in time: node 0 "
                     f"is down, frozen, or the network to it is cut"
                 )
-        succeeded, value = outcome[0]
-        if succeeded:
-            return value  # type: ignore[return-value]
-        if isinstance(value, (DistError, RuntimeError)):
+        if pending.succeeded:
+            return pending.value  # type: ignore[return-value]
+        if isinstance(pending.value, (DistError, RuntimeError)):
             raise StoreUnreachableError(
-                f"lost the rendezvous store at {self.endpoint}: {str(value).splitlines()[0]}"
+                f"lost the rendezvous store at {self.endpoint}: "
+                f"{str(pending.value).splitlines()[0]}"
             ) from None
-        raise value  # type: ignore[misc]
+        raise pending.value  # type: ignore[misc]
 
     def wait(self, keys: List[str], deadline: float) -> bool:
         """Wait until every key exists: True, or False once ``deadline`` passed."""
-        # TCPStore's own timeout a little past ours, so that ours fires first.
-        timeout = timedelta(seconds=max(0.0, deadline - time.monotonic()) + 1.0)
+        # TCPStore's own timeout ends the wait at the deadline, and our bound
+        # comes a little later: the worker thread is then free again, instead
+        # of returning from C++ while the interpreter shuts down, which aborts
+        # the process.
+        timeout = timedelta(seconds=max(0.001, deadline - time.monotonic()))
         try:
-            self.call(lambda store: store.wait(keys, timeout), deadline)
+            self.call(lambda store: store.wait(keys, timeout), deadline + _WAIT_REPLY_GRACE)
         except StoreUnreachableError:
             if time.monotonic() >= deadline:
                 return False

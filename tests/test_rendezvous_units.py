@@ -1,5 +1,8 @@
 """Pure logic of the backend: settings, endpoint, topology, registration, failure text."""
 
+import subprocess
+import sys
+
 import pytest
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 from torch.distributed.elastic.rendezvous import RendezvousParameters, rendezvous_handler_registry
@@ -112,8 +115,19 @@ def test_register_is_idempotent_and_entry_point_declared():
     from importlib.metadata import entry_points
 
     (entry,) = [ep for ep in entry_points(group="torchrun.handlers") if ep.name == "metaflow"]
-    assert entry.load()() is create_handler
-    assert rendezvous_handler_registry._registry["metaflow"] is create_handler
+    assert entry.load()() is rendezvous_handler_registry._registry["metaflow"]
+
+
+def test_entry_point_loads_when_our_modules_import_torch_first():
+    # Importing one of our torch-importing modules first makes torch load the
+    # entry point in the middle of that import: it must still register.
+    code = (
+        "import rendezvous.endpoint\n"
+        "from torch.distributed.elastic.rendezvous import rendezvous_handler_registry as r\n"
+        "print('metaflow' in r._registry)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "True", result.stderr
 
 
 def test_describe_failure_names_rank_and_error(tmp_path):

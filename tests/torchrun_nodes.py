@@ -91,11 +91,14 @@ class Job:
             MF_PARALLEL_NODE_INDEX=str(node_index),
             MF_PARALLEL_NUM_NODES=str(self.num_nodes),
             MF_PARALLEL_MAIN_IP=self.main_ip,
-            PYTHONUNBUFFERED="1",
             **{MARKER_VAR: self.run_id},
             OMP_NUM_THREADS="1",
         )
         env.update(self.env)
+        # Unbuffered, print() writes a line and its newline separately, and the
+        # lines of workers sharing a log file interleave; buffered and flushed,
+        # each line is one write.
+        env.pop("PYTHONUNBUFFERED", None)
         return env
 
     def log_path(self, node_index: int) -> Path:
