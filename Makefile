@@ -21,4 +21,4 @@ test: venv
 	$(BIN)/python -m pytest tests
 
 bench: venv
-	$(BIN)/python bench/rendezvous_round.py
+	bench/run_in_netns.sh $(BIN)/python bench/rendezvous_round.py

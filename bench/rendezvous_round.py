@@ -43,6 +43,7 @@ machine spreads over all of them alike.
 import argparse
 import ctypes
 import gc
+import importlib
 import os
 import random
 import resource
@@ -599,6 +600,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     options = parse_args(argv)
     _warn_unless_loopback_only()
     rendezvous.register()
+    # Every backend's creator imports its implementation on first use; import
+    # them all here, before forking, so that no node pays an import inside the
+    # measurement.
+    for module in ("rendezvous.handler",
+                   "torch.distributed.elastic.rendezvous.c10d_rendezvous_backend",
+                   "torch.distributed.elastic.rendezvous.static_tcp_rendezvous"):
+        importlib.import_module(module)
+
     # Python's socket module imports its idna codec on the first name lookup;
     # a node would pay that import inside the measurement, so do it here once.
     socket.getaddrinfo(LOOPBACK, 0)
