@@ -11,6 +11,7 @@ from typing import List, Optional
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import config_from_args, parse_args
     from torch.distributed.run import main as torchrun_main
@@ -36,6 +37,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         # The table torchrun shows as the end of a traceback, without the traceback.
         print(error.format_msg(), file=sys.stderr)
         sys.exit(1)
+    except SignalException as stop:
+        # SIGINT or SIGTERM from outside (Ctrl-C, a launcher stopping the job):
+        # the agent already stopped its workers and told the other nodes.
+        print(f"metaflow rendezvous: stopped by {stop.sigval.name}", file=sys.stderr)
+        sys.exit(128 + stop.sigval)
 
 
 if __name__ == "__main__":
