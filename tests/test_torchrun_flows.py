@@ -77,10 +77,10 @@ def test_raising_rank_is_named_with_its_traceback(flows):
     traceback_text = failure[: failure.index("Per-rank logs of this node")]
     assert 'raise_rank.py", line' in traceback_text and "in check_batch" in traceback_text
     assert "worker_bootstrap" not in traceback_text and "runpy" not in traceback_text
-    # node 0 says which node and rank failed first
+    # node 0's own error says which node and rank failed first
     assert (
-        "node 1 failed first: global rank 3 (local rank 1) exited with code 1: "
-        "ValueError: bad batch on rank 3" in out
+        "torchrun failed:\nJobFailedError: node 1 failed first: global rank 3 (local rank 1) "
+        "exited with code 1: ValueError: bad batch on rank 3\n" in out
     ), out[-4000:]
     assert flows.live_processes() == []
 

@@ -39,6 +39,11 @@ if TYPE_CHECKING:
 PeerFailure = Tuple[int, str]
 
 _POLL_SECONDS = 0.1
+# After another local node died, how long the agent may take to stop on its own:
+# the backend tells it within a poll when that node's agent had joined (and its
+# own failure message is the more precise one); a node that died before it
+# joined would leave the agent waiting for the whole join timeout.
+_PEER_GRACE_SECONDS = 5.0
 # torch gives workers 30 s to stop after SIGTERM, and node 0 waits up to 5 s for
 # the other nodes to close the rendezvous; past that the agent is killed.
 _AGENT_STOP_GRACE_SECONDS = 40.0
@@ -206,7 +211,9 @@ class TorchrunLauncher:
             ),
         )
         pump = LogPump([agent.stdout, agent.stderr], [sys.stdout, sys.stderr]).start()
-        peer_failure = None
+        peer_failure: Optional[PeerFailure] = None
+        stop_at = float("inf")
+        stopped_for_peer = False
         try:
             while True:
                 try:
@@ -217,14 +224,19 @@ class TorchrunLauncher:
                 if peer_failure is None:
                     peer_failure = self._peer_failure()
                     if peer_failure is not None:
-                        _stop(agent)
+                        stop_at = time.monotonic() + _PEER_GRACE_SECONDS
+                elif not stopped_for_peer and time.monotonic() >= stop_at:
+                    stopped_for_peer = True
+                    _stop(agent)
         finally:
             if agent.poll() is None:  # interrupted (Ctrl-C, task killed): take the agent down
                 _stop(agent)
             pump.join()
         wall_time = time.monotonic() - started
         if returncode != 0 or peer_failure is not None:
-            raise _failure(plan, node_index, returncode, pump.tail(1), peer_failure)
+            # When we stopped the agent, its last words are about that stop.
+            agent_stderr = [] if stopped_for_peer else pump.tail(1)
+            raise _failure(plan, node_index, returncode, agent_stderr, peer_failure)
         attempts = glob.glob(os.path.join(plan.log_dir, f"{plan.rdzv_id}_*", "attempt_*"))
         return TorchrunResult(
             exit_code=returncode,
