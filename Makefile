@@ -10,7 +10,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	# torch is pinned: the registry's newest torch pulls gigabytes of CUDA packages.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	# compat: setuptools' default editable mode serves metaflow_extensions through an
+	# import hook that Metaflow's extension discovery does not see.
+	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
 
 venv: $(BIN)/python
 

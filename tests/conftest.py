@@ -6,13 +6,11 @@ process of a flow carries a marker variable in its environment, so a test can
 check that nothing outlived the flow and the fixture can kill what did.
 """
 
-import functools
 import os
 import re
 import signal
 import subprocess
 import sys
-import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,24 +24,6 @@ REPO = Path(__file__).resolve().parent.parent
 FLOWS = Path(__file__).resolve().parent / "flows"
 # "2026-11-24 01:41:37.446 [1795484490747749/train/2 (pid 19591)] text"
 _TASK_LINE = re.compile(r"^\S+ \S+ \[(?P<run>[^/\]]+)/(?P<step>[^/\]]+)/(?P<task>[^ \]]+) \(pid \d+\)\] ?")
-
-
-@functools.lru_cache(maxsize=None)
-def extension_search_path() -> str:
-    """What PYTHONPATH needs for Metaflow to find this repo's extension: nothing when the
-    installed package provides it, else the repo root.
-
-    setuptools' default editable install serves ``metaflow_extensions`` through
-    an import hook that Metaflow's extension discovery does not see; a regular
-    install (or ``editable_mode=compat``) needs nothing.
-    """
-    probe = subprocess.run(
-        [sys.executable, "-c", "from metaflow import torchrun"],
-        cwd=tempfile.gettempdir(),
-        env={key: value for key, value in os.environ.items() if key != "PYTHONPATH"},
-        capture_output=True,
-    )
-    return "" if probe.returncode == 0 else str(REPO)
 
 
 @dataclass
@@ -78,11 +58,6 @@ class FlowRunner:
             TMPDIR=str(root / "tmp"),  # per-rank logs land below the test's directory
             **{MARKER_VAR: self.marker},
         )
-        search_path = extension_search_path()
-        if search_path:
-            self.env["PYTHONPATH"] = os.pathsep.join(
-                filter(None, [search_path, os.environ.get("PYTHONPATH")])
-            )
         (root / "tmp").mkdir()
 
     def start(self, flow: str, *args: str, env: Optional[Dict[str, str]] = None,
