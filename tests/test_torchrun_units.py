@@ -4,7 +4,6 @@ import argparse
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
