@@ -31,6 +31,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         torchrun_main(argv)
     except MetaflowRendezvousError as error:
+        if isinstance(error.__context__, ChildFailedError):
+            # This node's workers failed too, but after another node's: show
+            # their table, then the root cause last, where readers look.
+            print(error.__context__.format_msg(), file=sys.stderr)
         print(f"metaflow rendezvous: {type(error).__name__}: {error}", file=sys.stderr)
         sys.exit(1)
     except ChildFailedError as error:

@@ -8,7 +8,8 @@ Store layout, all below ``metaflow-torchrun/<rdzv id>/``:
 - ``r<N>/agent/``: the store handed to torch's agent for round N (rank
   assignment, exit barrier).
 - ``hb/<i>``: heartbeat counter of node i; node 0 watches them all.
-- ``failed``: ``<node index>|<reason>`` of the node that failed first.
+- ``failures``: one line ``<node index>\t<kind>\t<reason>`` per failing node, in
+  the order they were recorded; see ``root_cause``.
 - ``closed``: one count per node that finished; node 0 waits for them before
   taking the store down.
 """
@@ -20,7 +21,7 @@ import sys
 import threading
 import time
 from datetime import timedelta
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from torch.distributed import DistStoreError, Store, TCPStore
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -55,30 +56,75 @@ from .topology import NUM_NODES_VAR, Topology, read_topology
 logger = logging.getLogger(__name__)
 
 
-def describe_failure(error: BaseException) -> str:
-    """One line saying how this node's agent failed, for the other nodes to print."""
-    if isinstance(error, ChildFailedError):
-        rank, failure = error.get_first_failure()
-        if failure.exitcode < 0:
-            how = f"was killed by {failure.signal_name()}"
-        else:
-            how = f"exited with code {failure.exitcode}"
-        text = f"global rank {rank} (local rank {failure.local_rank}) {how}"
-        # Only an error file (a worker wrapped by @record, or our bootstrap)
-        # carries the worker's own words; otherwise torch makes up a generic hint.
-        message = failure.message if os.path.isfile(failure.error_file) else ""
-        if isinstance(message, dict):  # the layout torch's @record writes
-            message = message.get("message", "")
-        lines = str(message).strip().splitlines()
-        if lines:
-            text += f": {lines[-1]}"
-        return text
-    return f"{type(error).__name__}: {error}"
+# Worker errors that say a peer went away: the failure of one rank makes the
+# ranks talking to it fail like this, so such a failure is rarely the root cause.
+_PEER_LOST_MARKERS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "connectFullMesh",
+    "DistNetworkError",
+    "DistBackendError",
+    "remote process exited",
+    "NCCL error",
+)
+
+OWN = "own"
+PEER_LOST = "peer-lost"
+# How long a node whose workers only lost a peer waits for the failure that
+# caused it to be recorded by its own node.
+_ROOT_CAUSE_GRACE = 2.0
 
 
-def failure_from_record(raw: bytes) -> JobFailedError:
-    """The error to raise on every node from the ``failed`` key's ``<node>|<reason>``."""
-    node, _, reason = raw.decode("utf-8", errors="replace").partition("|")
+def describe_failure(error: BaseException) -> Tuple[str, str]:
+    """One line saying how this node's agent failed, and its kind (``OWN`` or ``PEER_LOST``)."""
+    if not isinstance(error, ChildFailedError):
+        return f"{type(error).__name__}: {error}", OWN
+    rank, failure = error.get_first_failure()
+    if failure.exitcode < 0:
+        how = f"was killed by {failure.signal_name()}"
+    else:
+        how = f"exited with code {failure.exitcode}"
+    text = f"global rank {rank} (local rank {failure.local_rank}) {how}"
+    # Only an error file (a worker wrapped by @record, or our bootstrap)
+    # carries the worker's own words; otherwise torch makes up a generic hint.
+    message = failure.message if os.path.isfile(failure.error_file) else ""
+    if isinstance(message, dict):  # the layout torch's @record writes
+        message = message.get("message", "")
+    lines = str(message).strip().splitlines()
+    if lines:
+        text += f": {lines[-1]}"
+    kind = PEER_LOST if any(marker in str(message) for marker in _PEER_LOST_MARKERS) else OWN
+    return text, kind
+
+
+class FailureRecord(NamedTuple):
+    """One line of the ``failures`` key."""
+
+    node: str
+    kind: str
+    reason: str
+
+
+def parse_failures(raw: bytes) -> List[FailureRecord]:
+    records = []
+    for line in raw.decode("utf-8", errors="replace").splitlines():
+        node, _, rest = line.partition("\t")
+        kind, _, reason = rest.partition("\t")
+        records.append(FailureRecord(node, kind, reason))
+    return records
+
+
+def root_cause(records: List[FailureRecord]) -> Optional[JobFailedError]:
+    """The error every node reports.
+
+    The first failure of kind ``OWN`` wins over failures that only say a peer
+    went away, even ones recorded earlier: when a rank dies, its peers' ranks
+    fail in their collectives at once, and their agents may record that first.
+    """
+    if not records:
+        return None
+    node, _, reason = next((record for record in records if record.kind == OWN), records[0])
     who = "the control node (node 0)" if node == "0" else f"node {node}"
     return JobFailedError(
         f"{who} failed first: {reason}", node_index=int(node) if node.isdigit() else None
@@ -89,7 +135,7 @@ class _Watcher(threading.Thread):
     """Background thread of one node: heartbeats, restart requests, failures.
 
     It sends this node's heartbeat, reads the newest requested round and the
-    ``failed`` key, and on node 0 fails the job when another node's heartbeat
+    ``failures`` key, and on node 0 fails the job when another node's heartbeat
     stops. It talks over a connection of its own (``side``), which the handler
     also uses once its main connection may be stuck in an abandoned call: to
     publish a failure, read the members of a round, or close. A call on
@@ -113,17 +159,21 @@ class _Watcher(threading.Thread):
         if self.is_alive() and threading.current_thread() is not self:
             self.join(self.side.call_timeout)
 
-    def read_failure(self) -> Optional[JobFailedError]:
-        key = self.handler.key("failed")
+    def read_failures(self) -> List[FailureRecord]:
+        key = self.handler.key("failures")
         return self.side.call(
-            lambda store: failure_from_record(store.get(key)) if store.check([key]) else None
+            lambda store: parse_failures(store.get(key)) if store.check([key]) else []
         )
 
-    def publish_failure(self, reason: str, node: int) -> None:
-        """Record ``node`` as failed unless another failure came first. Never raises."""
-        key = self.handler.key("failed")
+    def read_failure(self) -> Optional[JobFailedError]:
+        return root_cause(self.read_failures())
+
+    def publish_failure(self, reason: str, node: int, kind: str = OWN) -> None:
+        """Record that ``node`` failed, and why. Never raises."""
+        key = self.handler.key("failures")
+        record = f"{node}\t{kind}\t{' '.join(reason.split())}\n"
         try:
-            self.side.call(lambda store: store.compare_set(key, "", f"{node}|{reason}"))
+            self.side.call(lambda store: store.append(key, record))
         except StoreUnreachableError as error:
             logger.warning("metaflow rendezvous: could not tell the other nodes: %s", error)
 
@@ -252,8 +302,9 @@ class MetaflowRendezvousHandler(RendezvousHandler):
       which makes the agent restart its workers into it without spending a
       restart; it raises ``JobFailedError`` once any node failed.
     - ``shutdown`` reads the in-flight exception (torch calls it from a
-      ``finally`` block): with one, this node publishes why it failed; without
-      one, it raises ``JobFailedError`` if another node failed meanwhile.
+      ``finally`` block): with one, this node records why it failed; then it
+      raises ``JobFailedError`` if another node's failure is the root cause
+      (see ``root_cause``), replacing this node's own or secondary error.
 
     Raises:
         JoinTimeoutError: not every node arrived within ``join_timeout``.
@@ -311,7 +362,7 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         return self._watcher is not None and self._watcher.failure is not None
 
     def set_closed(self) -> None:
-        self._publish_failure("closed the rendezvous")
+        self._publish_failure("closed the rendezvous", OWN)
 
     def next_rendezvous(self) -> RendezvousInfo:
         deadline = time.monotonic() + self.settings.join_timeout
@@ -342,10 +393,16 @@ class MetaflowRendezvousHandler(RendezvousHandler):
     def shutdown(self) -> bool:
         in_flight = sys.exc_info()[1]
         if in_flight is not None and not isinstance(in_flight, JobFailedError):
-            self._publish_failure(describe_failure(in_flight))
+            reason, kind = describe_failure(in_flight)
+            self._publish_failure(reason, kind)
+            if kind == PEER_LOST:
+                self._await_root_cause()
+        # Closing reads the failure records again: by now the root cause has
+        # had the time it took to stop the workers to be recorded.
         self._close()
-        if in_flight is None:
-            self._raise_if_failed()
+        failure = self._failure()
+        if failure is not None and failure.node_index != self.node_index:
+            raise failure
         return True
 
     # Rounds
@@ -396,7 +453,7 @@ class MetaflowRendezvousHandler(RendezvousHandler):
                 f"two agents claim node index {', '.join(map(str, duplicates))}; "
                 f"every node needs its own MF_PARALLEL_NODE_INDEX"
             )
-            self._publish_failure(reason)
+            self._publish_failure(reason, OWN)
             raise TopologyError(reason + ".")
         if round_ > 0:
             self._main.call(wipe_worker_keys)
@@ -433,9 +490,20 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         if failure is not None:
             raise failure
 
-    def _publish_failure(self, reason: str) -> None:
+    def _await_root_cause(self) -> None:
+        """Give the node whose failure made this one's workers lose a peer a moment to say so."""
+        deadline = time.monotonic() + _ROOT_CAUSE_GRACE
+        try:
+            while time.monotonic() < deadline:
+                if any(record.kind == OWN for record in self._watcher.read_failures()):
+                    return
+                time.sleep(0.05)
+        except StoreUnreachableError:
+            return  # node 0 is gone: nobody can say more
+
+    def _publish_failure(self, reason: str, kind: str) -> None:
         if self._watcher is not None:
-            self._watcher.publish_failure(reason, self.node_index)
+            self._watcher.publish_failure(reason, self.node_index, kind)
 
     # Closing
 
@@ -449,7 +517,7 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         watcher.stop()
         closed_key = self.key("closed")
         try:
-            watcher.failure = watcher.failure or watcher.read_failure()
+            watcher.failure = watcher.read_failure() or watcher.failure
             closed = watcher.side.call(lambda store: store.add(closed_key, 1))
             if self.topology.is_control:
                 self._wait_for_others_to_close(watcher.side, closed)
@@ -476,7 +544,7 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         """Tell the other nodes if this agent exits without ``shutdown`` (a signal)."""
         if not self._closed and self._watcher is not None:
             self._publish_failure(
-                "its torchrun agent exited before the job finished (stopped by a signal?)"
+                "its torchrun agent exited before the job finished (stopped by a signal?)", OWN
             )
             self._close()
 

@@ -83,6 +83,18 @@ def test_control_rank_raising_stops_worker_node(tmp_path):
         assert "the control node (node 0) failed first" in job.output(1), job.output(1)
 
 
+def test_peers_that_lost_the_failing_rank_name_the_root_cause(tmp_path):
+    # node 0's rank fails in its all_reduce when node 1's rank dies; whichever
+    # agent records first, both nodes must name node 1
+    with Job(tmp_path, 2, "raise_in_collective.py", launcher="module", env={"FAIL_RANK": "1"}) as job:
+        job.start()
+        assert job.wait(timeout=60) == {0: 1, 1: 1}
+        assert "Connection closed by peer" in job.output(0) or "Connection reset" in job.output(0)
+        last_line = job.output(0).rstrip().splitlines()[-1]
+        assert last_line.startswith("metaflow rendezvous: JobFailedError: node 1 failed first:"), job.output(0)
+        assert "ValueError: rank failed on purpose" in last_line
+
+
 def test_node_that_finished_fails_when_another_node_fails_later(tmp_path):
     # node 0's worker ends at once and its agent waits in torch's exit barrier
     env = {"FAIL_RANK": "1", "FAIL_AFTER": "3", "IDLE_SECONDS": "0"}

@@ -10,7 +10,9 @@ from torch.distributed.elastic.rendezvous import RendezvousParameters, rendezvou
 import rendezvous
 from rendezvous.endpoint import DERIVED_PORT_BASE, DERIVED_PORT_SPAN, derive_port, parse_endpoint
 from rendezvous.errors import ConfigError, TopologyError
-from rendezvous.handler import create_handler, describe_failure
+from rendezvous.handler import (
+    OWN, PEER_LOST, create_handler, describe_failure, parse_failures, root_cause,
+)
 from rendezvous.settings import RendezvousSettings
 from rendezvous.topology import read_topology
 
@@ -134,8 +136,34 @@ def test_describe_failure_names_rank_and_error(tmp_path):
     error_file = tmp_path / "error.json"
     error_file.write_text('{"message": {"message": "ValueError: boom", "extraInfo": {"timestamp": "1"}}}')
     failure = ProcessFailure(local_rank=1, pid=10, exitcode=1, error_file=str(error_file))
-    text = describe_failure(ChildFailedError("train.py", {3: failure}))
-    assert text == "global rank 3 (local rank 1) exited with code 1: ValueError: boom"
+    text, kind = describe_failure(ChildFailedError("train.py", {3: failure}))
+    assert (text, kind) == ("global rank 3 (local rank 1) exited with code 1: ValueError: boom", OWN)
     killed = ProcessFailure(local_rank=0, pid=11, exitcode=-9, error_file="<N/A>")
-    assert describe_failure(ChildFailedError("x", {2: killed})) == "global rank 2 (local rank 0) was killed by SIGKILL"
-    assert describe_failure(KeyError("k")) == "KeyError: 'k'"
+    assert describe_failure(ChildFailedError("x", {2: killed})) == (
+        "global rank 2 (local rank 0) was killed by SIGKILL", OWN
+    )
+    assert describe_failure(KeyError("k")) == ("KeyError: 'k'", OWN)
+
+
+def test_a_failure_saying_a_peer_went_away_is_secondary(tmp_path):
+    error_file = tmp_path / "error.json"
+    error_file.write_text(
+        '{"message": {"message": "RuntimeError: [gloo/transport/tcp/pair.cc:534] Connection closed by peer",'
+        ' "extraInfo": {"timestamp": "1"}}}'
+    )
+    failure = ProcessFailure(local_rank=0, pid=10, exitcode=1, error_file=str(error_file))
+    assert describe_failure(ChildFailedError("train.py", {0: failure}))[1] == PEER_LOST
+
+
+def test_root_cause_prefers_a_node_own_failure_over_an_earlier_peer_lost_one():
+    records = (
+        b"0\tpeer-lost\tglobal rank 0 ... Connection closed by peer\n"
+        b"1\town\tglobal rank 3 (local rank 1) exited with code 1: ValueError: boom\n"
+        b"2\town\tlater failure\n"
+    )
+    error = root_cause(parse_failures(records))
+    assert error.node_index == 1
+    assert str(error) == "node 1 failed first: global rank 3 (local rank 1) exited with code 1: ValueError: boom"
+    only_secondary = root_cause(parse_failures(b"0\tpeer-lost\tlost a peer\n"))
+    assert str(only_secondary) == "the control node (node 0) failed first: lost a peer"
+    assert root_cause(parse_failures(b"")) is None

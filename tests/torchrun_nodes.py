@@ -95,10 +95,6 @@ class Job:
             OMP_NUM_THREADS="1",
         )
         env.update(self.env)
-        # Unbuffered, print() writes a line and its newline separately, and the
-        # lines of workers sharing a log file interleave; buffered and flushed,
-        # each line is one write.
-        env.pop("PYTHONUNBUFFERED", None)
         return env
 
     def log_path(self, node_index: int) -> Path:

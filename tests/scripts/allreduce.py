@@ -1,5 +1,6 @@
 """Worker: one gloo all_reduce; prints what every rank saw."""
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -7,10 +8,11 @@ import torch.distributed as dist
 dist.init_process_group("gloo")
 value = torch.tensor([float(dist.get_rank() + 1)])
 dist.all_reduce(value)
-print(
+# One write per line: torchrun runs workers unbuffered (python -u), where print()
+# writes the text and the newline separately and lines of workers interleave.
+sys.stdout.write(
     f"rank={dist.get_rank()} world={dist.get_world_size()} group_rank={os.environ['GROUP_RANK']} "
     f"sum={value.item():g} master={os.environ['MASTER_ADDR']} "
-    f"restart={os.environ['TORCHELASTIC_RESTART_COUNT']}",
-    flush=True,
+    f"restart={os.environ['TORCHELASTIC_RESTART_COUNT']}\n"
 )
 dist.destroy_process_group()

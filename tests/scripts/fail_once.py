@@ -16,5 +16,6 @@ if dist.get_rank() == int(os.environ.get("FAIL_RANK", "0")) and not os.path.exis
     raise RuntimeError("planned failure in the first attempt")
 value = torch.tensor([1.0])
 dist.all_reduce(value)
-print(f"rank={dist.get_rank()} sum={value.item():g} restart={os.environ['TORCHELASTIC_RESTART_COUNT']}", flush=True)
+# One write per line (see allreduce.py).
+sys.stdout.write(f"rank={dist.get_rank()} sum={value.item():g} restart={os.environ['TORCHELASTIC_RESTART_COUNT']}\n")
 dist.destroy_process_group()
