@@ -10,6 +10,7 @@ import functools
 import inspect
 import math
 import os
+import signal
 import textwrap
 from typing import Iterator, List, Optional, Tuple
 
@@ -125,6 +126,15 @@ class TorchrunDecorator(ParallelDecorator):
 
     def task_decorate(self, step_func, flow, graph, retry_count, max_user_code_retries, ubf_context):
         is_local = os.environ.get("METAFLOW_RUNTIME_ENVIRONMENT", "local") == "local"
+        if is_local:
+            from .worker_bootstrap import die_with_parent
+
+            # Metaflow's local runtime signals none of its tasks when it is
+            # terminated itself (`kill PID` of `python flow.py run` leaves them
+            # all running). Tied to it, this task goes with it, and with the
+            # task go its torchrun agent, the agent's workers and, on node 0,
+            # the other nodes' tasks, each tied to its own parent.
+            die_with_parent(signal.SIGTERM)
         if ubf_context != UBF_CONTROL or not is_local:
             return super().task_decorate(
                 step_func, flow, graph, retry_count, max_user_code_retries, ubf_context
