@@ -25,7 +25,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent / "tests"))
 
-from conftest import FlowRunner  # noqa: E402  (the tests' isolated Metaflow runner)
+from flow_runs import FlowRunner  # noqa: E402  (the tests' isolated Metaflow runner)
 
 _SAMPLE = re.compile(r"SAMPLE node=(?P<node>\d+) launcher=(?P<launcher>.+) seconds=(?P<seconds>[\d.]+)$")
 

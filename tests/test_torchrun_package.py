@@ -6,7 +6,7 @@ import tarfile
 
 import pytest
 
-from conftest import REPO
+from flow_runs import REPO
 
 pytestmark = pytest.mark.timeout(300)
 
