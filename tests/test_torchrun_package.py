@@ -71,8 +71,11 @@ def test_installed_package_registers_the_decorator(tmp_path):
          "print(sys.modules[torchrun.args[0].__module__].__file__)\n"
          "print('torch' in sys.modules)"],
         cwd=tmp_path,
+        # The search restriction hides the development install of this repo (an
+        # editable one in compat mode is visible to Metaflow too, and two copies
+        # of one extension conflict); a user's environment has just the one.
         env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "METAFLOW_USER": "tester",
-             "METAFLOW_HOME": str(tmp_path / "home")},
+             "METAFLOW_HOME": str(tmp_path / "home"), "METAFLOW_EXTENSIONS_SEARCH_DIRS": str(target)},
         capture_output=True,
         text=True,
     )
