@@ -251,17 +251,27 @@ class _AgentStore(Store):
         self._timeout = timeout
 
     def wait(self, keys: List[str], timeout: Optional[timedelta] = None) -> None:
+        # The agent waits here only in its exit barrier, which logs any error
+        # with a traceback and carries on as if the barrier had passed. When
+        # the job failed elsewhere, end the wait quietly instead: shutdown()
+        # raises that failure right after.
+        try:
+            self._wait(keys, timeout)
+        except JobFailedError:
+            pass
+
+    def _wait(self, keys: List[str], timeout: Optional[timedelta] = None) -> None:
         timeout = timeout or self._timeout
         full = [self._prefix + key for key in keys]
         if not self._main.wait(full, time.monotonic() + timeout.total_seconds()):
             raise DistStoreError(f"keys {keys} did not appear within {timeout.total_seconds():g} s")
 
     def get(self, key: str) -> bytes:
-        self.wait([key])
+        self._wait([key])
         return self._main.call(lambda store: store.get(self._prefix + key))
 
     def multi_get(self, keys: List[str]) -> List[bytes]:
-        self.wait(keys)
+        self._wait(keys)
         return self._main.call(lambda store: store.multi_get([self._prefix + k for k in keys]))
 
     def set(self, key: str, value) -> None:
