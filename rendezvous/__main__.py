@@ -22,10 +22,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     register()
     try:
         # torchrun turns a malformed --rdzv-conf (and other bad flags) into a
-        # ValueError deep inside its launcher; checking the arguments first
-        # tells those apart from errors of the job itself.
-        config_from_args(parse_args(argv))
-    except ValueError as error:
+        # ValueError or an AssertionError deep inside its launcher; checking the
+        # arguments first tells those apart from errors of the job itself.
+        config, _, _ = config_from_args(parse_args(argv))
+        _check_agent_settings(config)
+    except (ValueError, AssertionError) as error:
         print(f"metaflow rendezvous: bad torchrun arguments: {error}", file=sys.stderr)
         sys.exit(2)
     try:
@@ -46,6 +47,22 @@ def main(argv: Optional[List[str]] = None) -> None:
         # the agent already stopped its workers and told the other nodes.
         print(f"metaflow rendezvous: stopped by {stop.sigval.name}", file=sys.stderr)
         sys.exit(128 + stop.sigval)
+
+
+def _check_agent_settings(config) -> None:
+    """What torch checks only once it builds the agent, with a bare AssertionError or KeyError."""
+    from torch.distributed.elastic.events.handlers import get_logging_handler
+
+    if config.nproc_per_node < 1:
+        raise ValueError(f"--nproc-per-node={config.nproc_per_node}: must be at least 1")
+    if not config.monitor_interval > 0:
+        raise ValueError(
+            f"--monitor-interval={config.monitor_interval:g}: must be a positive number of seconds"
+        )
+    try:
+        get_logging_handler(config.event_log_handler)
+    except KeyError:
+        raise ValueError(f"--event-log-handler={config.event_log_handler!r} is unknown") from None
 
 
 if __name__ == "__main__":

@@ -212,6 +212,24 @@ def test_bad_input_fails_with_a_message(tmp_path, env, torchrun_args, message):
         assert "Traceback" not in out
 
 
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--max-restarts=-1", "max_restarts must be >= 0"),
+        ("--monitor-interval=0", "--monitor-interval=0: must be a positive number of seconds"),
+        ("--event-log-handler=bogus", "--event-log-handler='bogus' is unknown"),
+    ],
+)
+def test_flags_torch_asserts_on_end_with_one_line(tmp_path, flag, message):
+    # torch itself stops these with a bare AssertionError or KeyError, traceback and all
+    with Job(tmp_path, 1, "allreduce.py", launcher="module", torchrun_args=[flag]) as job:
+        job.start()
+        assert job.wait(timeout=60) == {0: 2}
+        out = job.output(0)
+        assert f"metaflow rendezvous: bad torchrun arguments: {message}" in out, out
+        assert "Traceback" not in out
+
+
 def test_node_of_another_job_is_refused(tmp_path):
     port_arg = "--rdzv-endpoint=127.0.0.1:{}".format(free_port())
     (tmp_path / "a").mkdir()
