@@ -61,7 +61,7 @@ def test_list_arguments_are_passed_as_given():
     assert entrypoint_argv(None) == []
 
 
-@pytest.mark.parametrize("bad", ["--a 1", b"--a", 5, {1: "x"}, {"": 1}])
+@pytest.mark.parametrize("bad", ["--a 1", b"--a", 5, {1: "x"}, {"": 1}, ["a\0b"], {"text": "a\0b"}, ["\ud800"]])
 def test_bad_entrypoint_args_are_refused(bad):
     with pytest.raises(TorchrunArgumentError):
         entrypoint_argv(bad)
@@ -114,6 +114,16 @@ def test_managed_flags_are_refused_with_the_reason(flag, form):
         (["max_restarts", "1"], "'max_restarts' is neither a flag nor the value of one"),
         ({"local_ranks_filter": [0, 1]}, "torchrun flags take one value"),
         ({3: 1}, "is not a torchrun flag name"),
+        ({"nnodes=3": True}, "is not a torchrun flag name"),
+        (["-"], "'-' is neither a flag"),
+        (["--max-restarts", "-1"], "'-1' is neither a flag nor the value of one"),
+        # torchrun expands unambiguous abbreviations: these would set managed flags
+        ({"nnode": 3}, "torchrun would read --nnode as --nnodes; write the flag in full"),
+        (["-t", "3"], "torchrun would read --t as --tee"),
+        ({"nproc": 2}, "torchrun would read --nproc as --nproc-per-node"),
+        ({"h": True}, "torchrun would read --h as --help"),
+        ({"help": True}, "may not set --help: torchrun would print its help and start nothing"),
+        ({"role": "a\0b"}, "torchrun_args --role: .* holds a NUL character"),
     ],
 )
 def test_malformed_torchrun_args_are_refused(bad, message):
@@ -196,11 +206,11 @@ def test_plan_builds_the_agent_command():
         program_args=["--epochs", "3"],
     )
     assert plan.command == [
-        "/venv/bin/python", "-u", "-m", "rendezvous",
+        "/venv/bin/python", "-u", "-m", "rendezvous", "--max_restarts=1",
         "--nnodes=2", "--nproc-per-node=2", "--rdzv-backend=metaflow",
         "--rdzv-id=F-1-train-3-a0-c1", "--rdzv-endpoint=:29400",
         "--rdzv-conf=join_timeout=5,heartbeat_timeout=30",
-        "--log-dir=/data/logs", "--tee=3", "--max_restarts=1",
+        "--log-dir=/data/logs", "--tee=3",
         "/ext/worker_bootstrap.py", "script", "/flow/train.py", "/flow", "--epochs", "3",
     ]
     env = plan.environment({"PATH": "/bin"})
@@ -221,7 +231,7 @@ def test_rdzv_conf_needs_key_value_pairs():
 
 def test_decorator_attribute_checks():
     assert _checked_port("29500") == 29500 and _checked_port(None) is None
-    for bad in ("http", 0, 70000, True, -5):
+    for bad in ("http", 0, 70000, True, -5, "\u00b2"):
         with pytest.raises(TorchrunArgumentError, match="give a TCP port"):
             _checked_port(bad)
     assert _checked_timeout("30") == 30.0

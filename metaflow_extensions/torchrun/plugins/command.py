@@ -40,11 +40,19 @@ MANAGED_FLAGS: Dict[str, str] = {
     "m": "run a module with run(module='pkg.train')",
     "no-python": "run() starts Python programs under its worker bootstrap",
     "run-path": "run() starts the entrypoint itself",
+    "help": "torchrun would print its help and start nothing",
 }
 _NPROC = "nproc-per-node"
 _RDZV_CONF = "rdzv-conf"
 _LOG_DIR = "log-dir"
 _JOIN_TIMEOUT = "join_timeout"
+# torchrun's parser expands an unambiguous abbreviation (--nnode is --nnodes):
+# one of these flags, which run() refuses or handles itself, must be written
+# in full so that the checks above see it.
+_ABBREVIATED = (*MANAGED_FLAGS, _NPROC, _RDZV_CONF, _LOG_DIR)
+# A name that torchrun reads as one flag: no "=", space or bare "--" in it.
+_FLAG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+_WHOLE_NUMBER = re.compile(r"[0-9]+")
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -79,13 +87,32 @@ def entrypoint_argv(entrypoint_args: ArgsSpec) -> List[str]:
                 argv.extend([flag, *map(str, value)])
             else:
                 argv.extend([flag, str(value)])
-        return argv
-    if isinstance(entrypoint_args, (str, bytes)) or not isinstance(entrypoint_args, Sequence):
+    elif isinstance(entrypoint_args, (str, bytes)) or not isinstance(entrypoint_args, Sequence):
         raise TorchrunArgumentError(
             f"entrypoint_args must be a dict (becomes --key value) or a list of arguments, "
             f"not {type(entrypoint_args).__name__}: {entrypoint_args!r}."
         )
-    return [str(item) for item in entrypoint_args]
+    else:
+        argv = [str(item) for item in entrypoint_args]
+    for arg in argv:
+        _check_command_line_text(arg, "entrypoint_args")
+    return argv
+
+
+def _check_command_line_text(text: Optional[str], where: str) -> None:
+    """Refuse what no command line can carry: NUL, or text the file system encoding cannot encode."""
+    if text is None:
+        return
+    if "\0" in text:
+        raise TorchrunArgumentError(
+            f"{where}: {text!r} holds a NUL character, which no command line can carry."
+        )
+    try:
+        os.fsencode(text)
+    except UnicodeError as error:
+        raise TorchrunArgumentError(
+            f"{where}: {text!r} cannot go on a command line ({error.reason})."
+        ) from None
 
 
 def parse_torchrun_args(torchrun_args: ArgsSpec) -> List[Flag]:
@@ -101,7 +128,7 @@ def parse_torchrun_args(torchrun_args: ArgsSpec) -> List[Flag]:
     flags: List[Flag] = []
     if isinstance(torchrun_args, Mapping):
         for key, value in torchrun_args.items():
-            if not isinstance(key, str) or not key.strip("-"):
+            if not isinstance(key, str) or not _FLAG_NAME.fullmatch(key.lstrip("-")):
                 raise TorchrunArgumentError(
                     f"torchrun_args key {key!r} is not a torchrun flag name such as "
                     f"'max_restarts'."
@@ -124,13 +151,14 @@ def parse_torchrun_args(torchrun_args: ArgsSpec) -> List[Flag]:
         index = 0
         while index < len(tokens):
             token = tokens[index]
-            if not token.startswith("-"):
+            name, equals, value = token.partition("=")
+            if not token.startswith("-") or not _FLAG_NAME.fullmatch(name.lstrip("-")):
                 raise TorchrunArgumentError(
                     f"torchrun_args: {token!r} is neither a flag nor the value of one. A list "
-                    f"holds command-line tokens such as ['--max-restarts', '1']; for "
-                    f"key/value pairs pass a dict."
+                    f"holds command-line tokens such as ['--max-restarts', '1'] (a value that "
+                    f"starts with '-' goes after '=': '--flag=-1'); for key/value pairs pass "
+                    f"a dict."
                 )
-            name, equals, value = token.partition("=")
             if equals:
                 flags.append((name.lstrip("-"), value))
             elif index + 1 < len(tokens) and not tokens[index + 1].startswith("-"):
@@ -140,12 +168,19 @@ def parse_torchrun_args(torchrun_args: ArgsSpec) -> List[Flag]:
                 flags.append((name.lstrip("-"), None))
             index += 1
     seen: Dict[str, str] = {}
-    for name, _ in flags:
+    for name, value in flags:
         canonical = canonical_flag(name)
         if canonical in MANAGED_FLAGS:
             raise TorchrunArgumentError(
                 f"torchrun_args may not set --{name}: {MANAGED_FLAGS[canonical]}."
             )
+        expanded = [flag for flag in _ABBREVIATED if flag.startswith(canonical) and flag != canonical]
+        if expanded and canonical not in _ABBREVIATED:
+            raise TorchrunArgumentError(
+                f"torchrun_args: torchrun would read --{name} as "
+                f"{' or '.join('--' + flag for flag in expanded)}; write the flag in full."
+            )
+        _check_command_line_text(value, f"torchrun_args --{name}")
         if canonical in seen:
             raise TorchrunArgumentError(
                 f"torchrun_args sets --{canonical} twice (as --{seen[canonical]} and "
@@ -153,6 +188,15 @@ def parse_torchrun_args(torchrun_args: ArgsSpec) -> List[Flag]:
             )
         seen[canonical] = name
     return flags
+
+
+def whole_number(text: str) -> Optional[int]:
+    """``text`` as a whole number written in ASCII digits (spaces around allowed), else None.
+
+    Not ``str.isdigit``: it accepts characters such as "\u00b2" that ``int`` refuses.
+    """
+    stripped = text.strip()
+    return int(stripped) if _WHOLE_NUMBER.fullmatch(stripped) else None
 
 
 def check_nproc_per_node(value: object, where: str) -> str:
@@ -163,8 +207,8 @@ def check_nproc_per_node(value: object, where: str) -> str:
         number = value
     elif isinstance(value, str) and value.strip() == "auto":
         return "auto"
-    elif isinstance(value, str) and value.strip().isdigit():
-        number = int(value)
+    elif isinstance(value, str):
+        number = whole_number(value)
     else:
         number = None
     if number is None or number < 1:
@@ -280,13 +324,20 @@ class LaunchPlan:
 
     @property
     def command(self) -> List[str]:
-        """The agent's argv: ``python -u -m rendezvous`` (torchrun plus our backend)."""
+        """The agent's argv: ``python -u -m rendezvous`` (torchrun plus our backend).
+
+        The user's flags come first: a bare flag that takes a value (``{"role":
+        True}``) then meets one of ours and torchrun refuses it, where last it
+        would swallow the bootstrap's path as its value. And where torchrun sees
+        a flag twice the last one wins, so ours do.
+        """
         conf = ",".join(f"{key}={value}" for key, value in self.rdzv_conf)
         return [
             self.python,
             "-u",  # the agent's tailer lines must reach us as they come
             "-m",
             "rendezvous",
+            *(f"--{name}" if value is None else f"--{name}={value}" for name, value in self.flags),
             f"--nnodes={self.num_nodes}",
             f"--nproc-per-node={self.nproc_per_node}",
             "--rdzv-backend=metaflow",
@@ -295,7 +346,6 @@ class LaunchPlan:
             f"--rdzv-conf={conf}",
             f"--log-dir={self.log_dir}",
             "--tee=3",
-            *(f"--{name}" if value is None else f"--{name}={value}" for name, value in self.flags),
             self.bootstrap,
             self.kind,
             self.target,

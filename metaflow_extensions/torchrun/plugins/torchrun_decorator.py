@@ -216,15 +216,16 @@ def _checked_nproc(value: object) -> Optional[str]:
 def _checked_port(value: object) -> Optional[int]:
     if value is None:
         return None
+    from .command import whole_number
     from .exceptions import TorchrunArgumentError
 
-    text = str(value).strip()
-    if isinstance(value, bool) or not text.isdigit() or not 1 <= int(text) <= 65535:
+    port = None if isinstance(value, bool) else whole_number(str(value))
+    if port is None or not 1 <= port <= 65535:
         raise TorchrunArgumentError(
             f"@torchrun(master_port={value!r}): give a TCP port from 1 to 65535, or leave it "
             f"out to let each current.torch.run call pick its own."
         )
-    return int(text)
+    return port
 
 
 def _checked_timeout(value: object) -> float:
