@@ -4,7 +4,7 @@ No @torchrun here: the step's own code builds the torchrun command line, which
 shows that the backend works in any script that launches torchrun.
 
     python flow.py run
-    python flow.py run --launcher module    # as on a remote node without the entry point
+    python flow.py run --launcher module    # python -m rendezvous instead of torchrun
 """
 import os
 import subprocess
@@ -12,24 +12,27 @@ import sys
 from importlib.metadata import entry_points
 from typing import List
 
-import torch
 from metaflow import FlowSpec, Parameter, current, parallel, step
 
 # Next to this file: Metaflow packages it with the flow for remote runs.
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "allreduce.py")
 
+
 def torchrun_command(launcher: str) -> List[str]:
     """``torchrun``, or ``python -m rendezvous`` where torchrun cannot find the backend.
 
     Installing metaflow-torchrun registers the backend with torchrun through an
-    entry point. A remote node gets the package inside Metaflow's code package,
-    without the entry point; ``python -m rendezvous`` is torchrun with the
-    backend registered.
+    entry point. Where the ``rendezvous`` package is only importable (a copy
+    next to this file, which Metaflow's code package carries to remote nodes),
+    ``python -m rendezvous`` is torchrun with the backend registered.
     """
     if launcher == "auto":
         installed = any(ep.name == "metaflow" for ep in entry_points(group="torchrun.handlers"))
         launcher = "torchrun" if installed else "module"
-    return ["torchrun"] if launcher == "torchrun" else [sys.executable, "-m", "rendezvous"]
+    commands = {"torchrun": ["torchrun"], "module": [sys.executable, "-m", "rendezvous"]}
+    if launcher not in commands:
+        raise ValueError(f"--launcher {launcher!r}: give torchrun, module or auto")
+    return commands[launcher]
 
 
 class CustomScriptFlow(FlowSpec):
@@ -43,6 +46,8 @@ class CustomScriptFlow(FlowSpec):
     @parallel
     @step
     def train(self):
+        import torch  # here, not at the top: the other steps need no torch
+
         command = torchrun_command(self.launcher) + [
             f"--nnodes={current.parallel.num_nodes}",
             f"--nproc-per-node={torch.cuda.device_count() or 1}",

@@ -1,4 +1,4 @@
-"""Train a small character-level GPT on input.txt with DDP, then print a sample from rank 0.
+"""Train a small character-level GPT on a text with DDP, then print a sample from rank 0.
 
 Every rank draws its own random batches; DDP averages the gradients, so each
 step learns from world size x batch size sequences.
@@ -60,6 +60,7 @@ def evaluate(model: torch.nn.Module, data: torch.Tensor, block_size: int, batch_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--text", type=Path, default=Path(__file__).with_name("input.txt"))
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--eval-every", type=int, default=50)
@@ -70,7 +71,7 @@ def main() -> None:
 
     device = init_distributed()
     rank = dist.get_rank()
-    text = (Path(__file__).parent / "input.txt").read_text(encoding="utf-8")
+    text = args.text.read_text(encoding="utf-8")
     chars = sorted(set(text))
     data = torch.tensor([chars.index(char) for char in text])
     split = int(0.9 * len(data))
