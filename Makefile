@@ -16,8 +16,12 @@ $(BIN)/python:
 
 venv: $(BIN)/python
 
+# Metaflow refuses to run without a user name other than root: take the first one it
+# would (METAFLOW_USER, SUDO_USER, USERNAME, USER) that is not root, else "demo".
+DEMO_USER := $(firstword $(filter-out root,$(METAFLOW_USER) $(SUDO_USER) $(USERNAME) $(USER)) demo)
+
 demo: venv
-	$(BIN)/python examples/plain-torchrun/launch_local.py
+	METAFLOW_USER=$(DEMO_USER) $(BIN)/python examples/hello/flow.py run
 
 test: venv
 	$(BIN)/python -m pytest tests
