@@ -197,7 +197,14 @@ class TorchrunLauncher:
         return self._launch(plan, topology.node_index)
 
     def _launch(self, plan: LaunchPlan, node_index: int) -> TorchrunResult:
-        os.makedirs(plan.log_dir, exist_ok=True)
+        try:
+            os.makedirs(plan.log_dir, exist_ok=True)
+        except OSError as error:
+            raise TorchrunArgumentError(
+                f"cannot create the per-rank log directory {plan.log_dir}: "
+                f"{error.strerror or error}. Choose a writable one with "
+                f"torchrun_args={{'log_dir': ...}}."
+            ) from None
         started = time.monotonic()
         agent = subprocess.Popen(
             plan.command,
