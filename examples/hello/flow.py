@@ -18,8 +18,7 @@ class HelloFlow(FlowSpec):
     @step
     def hello(self):
         # The same call on every node; the nodes find each other by themselves.
-        result = current.torch.run(entrypoint="hello.py", nproc_per_node=self.nproc_per_node)
-        print(f"node {current.parallel.node_index}: torchrun finished in {result.wall_time:.1f} s")
+        current.torch.run(entrypoint="hello.py", nproc_per_node=self.nproc_per_node)
         self.next(self.join)
 
     @step
