@@ -1,16 +1,20 @@
-"""How fast a job of real torchrun agents stops after each kind of fault.
+"""How fast a job of real torchrun agents, and a local @torchrun flow, stop after each fault.
 
-Each fault hits a running 3-node job (one worker per node, the metaflow
-backend); the figure is the time from the fault to the exit of the last agent
-that must stop, median of --repeats runs. Link cuts run across three test hosts
-(network namespaces; root needed), the rest on loopback. Run it inside
-bench/run_in_netns.sh, because TCPStore's reverse DNS lookups can stall for 5 s
-on a resolver that drops queries:
+Backend faults hit a running 3-node job of plain torchrun agents (one worker
+per node, the metaflow backend); the figure is the time from the fault to the
+exit of the last agent that must stop. Link cuts run across three test hosts
+(network namespaces; root needed), the rest on loopback. Flow faults hit a
+local `python flow.py run` of a 2-node x 1-process @torchrun step whose ranks
+idle (tests/flows/two_nodes.py); the figure is the time from the fault until
+no process of the run (runtime, tasks, agents, workers) is left, found by the
+marker variable every process of the run carries. Each figure is the median
+of --repeats runs. Run it inside bench/run_in_netns.sh, because TCPStore's
+reverse DNS lookups can stall for 5 s on a resolver that drops queries:
 
     bench/run_in_netns.sh python bench/faults.py --repeats 3
 
-It uses the process harness of the test suite (tests/torchrun_nodes.py,
-tests/netns_hosts.py).
+It uses the harnesses of the test suite (tests/torchrun_nodes.py,
+tests/netns_hosts.py, tests/flow_runs.py).
 """
 
 import argparse
@@ -25,6 +29,7 @@ from typing import Callable, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from flow_runs import FlowRunner, RunningFlow  # noqa: E402
 from netns_hosts import TestHosts, unavailable_reason  # noqa: E402
 from torchrun_nodes import Job  # noqa: E402
 
@@ -123,15 +128,82 @@ FAULTS: Dict[str, tuple] = {
 }
 
 
+# Flow faults: each takes a FlowRunner and returns {what was timed: seconds}.
+FLOW_GONE_TIMEOUT = 180.0
+
+
+def idle_flow(runner: FlowRunner) -> RunningFlow:
+    """A 2-node x 1-process run whose ranks idle for 600 s, once both workers run."""
+    return runner.start_until(
+        "two_nodes.py", "--script", "raise_rank.py", "--script_args", '{"fail-rank": 99}',
+        "--nproc", "1", ready=lambda: len(runner.workers()) == 2,
+    )
+
+
+def until_none_left(runner: FlowRunner, fault: float) -> float:
+    gone = runner.wait_until_none_left(FLOW_GONE_TIMEOUT)
+    if gone is None:
+        raise RuntimeError(f"processes of the run still live {FLOW_GONE_TIMEOUT:g} s after the fault")
+    return gone - fault
+
+
+def run_signalled(sig: int, whole_group: bool) -> Callable[[FlowRunner], Dict[str, float]]:
+    def stop(runner: FlowRunner) -> Dict[str, float]:
+        flow = idle_flow(runner)
+        fault = time.monotonic()
+        if whole_group:
+            os.killpg(flow.process.pid, sig)
+        else:
+            flow.process.send_signal(sig)
+        return {"no process of the run left": until_none_left(runner, fault)}
+    return stop
+
+
+def flow_agent_killed(runner: FlowRunner) -> Dict[str, float]:
+    idle_flow(runner)
+    agents = runner.agents()
+    fault = time.monotonic()
+    os.kill(agents[1], signal.SIGKILL)
+    while agents[0] in runner.live_processes():
+        if time.monotonic() > fault + FLOW_GONE_TIMEOUT:
+            raise RuntimeError("node 0's agent did not stop")
+        time.sleep(0.005)
+    other_agent = time.monotonic() - fault
+    return {"node 0's agent exited": other_agent,
+            "no process of the run left": until_none_left(runner, fault)}
+
+
+def flow_control_task_killed(runner: FlowRunner) -> Dict[str, float]:
+    idle_flow(runner)
+    control = runner.processes_running(b"ubf_control")
+    fault = time.monotonic()
+    os.kill(control[0], signal.SIGKILL)
+    return {"no process of the run left": until_none_left(runner, fault)}
+
+
+FLOW_FAULTS: Dict[str, Callable[[FlowRunner], Dict[str, float]]] = {
+    "Ctrl-C: SIGINT to the run's process group": run_signalled(signal.SIGINT, True),
+    "SIGINT to the flow process alone": run_signalled(signal.SIGINT, False),
+    "SIGTERM to the flow process alone (kill PID)": run_signalled(signal.SIGTERM, False),
+    "SIGTERM to the run's process group": run_signalled(signal.SIGTERM, True),
+    "node 1's agent is SIGKILLed": flow_agent_killed,
+    "the control task (node 0) is SIGKILLed": flow_control_task_killed,
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", default="", help="run only the faults whose name contains this")
     args = parser.parse_args()
     conf = {"join_timeout": JOIN_TIMEOUT}
     netns_problem = unavailable_reason()
     results: Dict[str, List[float]] = {}
+    flow_results: Dict[str, List[float]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for name, (fault, script, on_hosts) in FAULTS.items():
+            if args.only not in name:
+                continue
             if on_hosts and netns_problem:
                 print(f"{name}: skipped ({netns_problem})")
                 continue
@@ -149,10 +221,28 @@ def main() -> int:
                         seconds = fault(job, None)
                 results.setdefault(name, []).append(seconds)
                 print(f"{name} #{repeat + 1}: {seconds:.2f} s", flush=True)
-    print("\n| fault (3 nodes, default heartbeat_timeout=15 s) | seconds, median | runs |")
-    print("| --- | --- | --- |")
-    for name, values in results.items():
-        print(f"| {name} | {statistics.median(values):.2f} | {len(values)} |")
+        for name, flow_fault in FLOW_FAULTS.items():
+            if args.only not in name:
+                continue
+            for repeat in range(args.repeats):
+                runner = FlowRunner(Path(tempfile.mkdtemp(dir=scratch)))
+                try:
+                    timed = flow_fault(runner)
+                finally:
+                    runner.kill_all()
+                for what, seconds in timed.items():
+                    flow_results.setdefault(f"{name}: {what}", []).append(seconds)
+                    print(f"{name}: {what} #{repeat + 1}: {seconds:.2f} s", flush=True)
+    if results:
+        print("\n| fault (3 nodes, default heartbeat_timeout=15 s) | seconds, median | runs |")
+        print("| --- | --- | --- |")
+        for name, values in results.items():
+            print(f"| {name} | {statistics.median(values):.2f} | {len(values)} |")
+    if flow_results:
+        print("\n| fault (local flow, 2 nodes x 1 process, ranks idle) | seconds from the fault, median | runs |")
+        print("| --- | --- | --- |")
+        for name, values in flow_results.items():
+            print(f"| {name} | {statistics.median(values):.2f} | {len(values)} |")
     return 0
 
 
