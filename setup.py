@@ -10,7 +10,7 @@ setup(
     long_description=long_description,
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=find_namespace_packages(
         include=["rendezvous", "rendezvous.*", "metaflow_extensions.*"]
     ),
