@@ -121,7 +121,8 @@ def parse_torchrun_args(torchrun_args: ArgsSpec) -> List[Flag]:
     A mapping ``{"max_restarts": 1}`` gives ``--max_restarts=1`` (``True`` a
     bare flag, ``False``/``None`` left out). A list holds tokens as on the
     command line: ``["--max-restarts=1"]`` or ``["--max-restarts", "1"]``.
-    Flags that run() manages are refused, saying why.
+    Flags that run() manages are refused, saying why, and so are abbreviations
+    that torchrun would expand into one of them or into a flag run() handles.
     """
     if torchrun_args is None:
         return []
