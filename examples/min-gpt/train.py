@@ -108,6 +108,11 @@ def main() -> None:
         print("sample:", flush=True)
         for line in "".join(chars[i] for i in sample).strip().splitlines():
             print(f"> {line}", flush=True)
+    # Wait for rank 0's sample, and drop the DDP wrapper before its process
+    # group: tearing a group down under a live DDP reducer, or while a peer
+    # still works, can abort the process at exit.
+    dist.barrier()
+    del ddp_model
     dist.destroy_process_group()
 
 

@@ -127,6 +127,11 @@ def main() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     trainer = Trainer(model, data, optimizer, device, args.snapshot_path, args.save_every)
     trainer.train(args.total_epochs)
+    # Wait for rank 0's last snapshot, and drop the DDP wrapper before its
+    # process group: tearing a group down under a live DDP reducer, or while a
+    # peer still works, can abort the process at exit.
+    dist.barrier()
+    del trainer
     dist.destroy_process_group()
 
 
