@@ -213,7 +213,7 @@ def main() -> int:
                 if on_hosts:
                     with TestHosts(NODES) as hosts, Job(
                         workdir, NODES, script, rdzv_conf=conf, main_ip=hosts.addresses[0],
-                        env={**env, "GLOO_SOCKET_IFNAME": "eth0"}, host_prefix=hosts.command_prefix,
+                        env=env, host_prefix=hosts.command_prefix,
                     ) as job:
                         seconds = fault(job, hosts)
                 else:

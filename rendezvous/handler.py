@@ -42,6 +42,7 @@ from .errors import (
     StoreUnreachableError,
     TopologyError,
 )
+from .network import socket_ifname_defaults
 from .settings import RendezvousSettings
 from .store import (
     JOB_KEY,
@@ -304,6 +305,9 @@ class MetaflowRendezvousHandler(RendezvousHandler):
     - Node 0 (the control task) hosts a TCPStore at ``endpoint``; every node,
       node 0 included, connects to it. Workers reuse it (``use_agent_store``),
       with ``MASTER_ADDR`` the main IP, so the job needs one port.
+    - Once it reaches the store, the handler exports ``GLOO_SOCKET_IFNAME`` and
+      ``NCCL_SOCKET_IFNAME`` naming the interface that reaches node 0, for the
+      workers to inherit, unless the user set them (see ``rendezvous.network``).
     - ``next_rendezvous`` joins round 0 on the first call and the next round on
       each later call (a restart). A round completes when all ``num_nodes``
       nodes arrived; each restart round starts with the workers' keys wiped, so
@@ -444,6 +448,21 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         side = BoundedConnection(connect_store(self.host, self.port, timeout), self.endpoint, timeout)
         self._watcher = _Watcher(self, side)
         self._watcher.start()
+        self._export_socket_ifname()
+
+    def _export_socket_ifname(self) -> None:
+        """Point the workers' gloo and NCCL at the interface that reaches node 0.
+
+        Workers inherit the agent's environment; see ``rendezvous.network``.
+        """
+        chosen, interface = socket_ifname_defaults(self.host, self.port, os.environ)
+        os.environ.update(chosen)
+        if interface is not None:
+            logger.info(
+                "metaflow rendezvous: node %d reaches the store at %s through %s; set for the "
+                "workers: %s", self.node_index, self.endpoint, interface,
+                " ".join(f"{name}={value}" for name, value in chosen.items()) or "nothing",
+            )
 
     def _join(self, round_: int, deadline: float) -> None:
         num_nodes = self.topology.num_nodes
@@ -591,7 +610,10 @@ def create_handler(params: RendezvousParameters) -> MetaflowRendezvousHandler:
             f"({NUM_NODES_VAR}={topology.num_nodes}). The metaflow backend has a fixed "
             f"membership: pass --nnodes={topology.num_nodes}."
         )
-    host, port = parse_endpoint(params.endpoint, topology.main_ip, derive_port(params.run_id))
+    # A port the compute layer declared for node 0 (@kubernetes(port=...)) is
+    # the one its network policy opens; a port in the endpoint wins over it.
+    default_port = topology.declared_port or derive_port(params.run_id)
+    host, port = parse_endpoint(params.endpoint, topology.main_ip, default_port)
     return MetaflowRendezvousHandler(topology, settings, params.run_id, host, port)
 
 

@@ -6,11 +6,15 @@ touched. Addresses come from 198.18.0.0/15, the range set aside for network
 testing (RFC 2544), and exist only inside these namespaces. Every namespace
 gets a resolv.conf naming a loopback address where nothing listens: TCPStore
 makes reverse DNS lookups, which must fail at once rather than wait on a real
-resolver.
+resolver. Every namespace also gets the hosts file of a stock Debian or Ubuntu
+machine, which maps the hostname (the machine's own: namespaces share it) to
+127.0.1.1, so that nothing works only because this machine's hostname happens
+to resolve elsewhere.
 """
 
 import os
 import shutil
+import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -64,9 +68,10 @@ class TestHosts:
         for namespace in [self.switch, *self.names]:
             _ip("netns", "add", namespace)
             _ip("-n", namespace, "link", "set", "lo", "up")
-            resolv = Path("/etc/netns") / namespace / "resolv.conf"
-            resolv.parent.mkdir(parents=True, exist_ok=True)
-            resolv.write_text("nameserver 127.0.0.1\n")
+            files = Path("/etc/netns") / namespace
+            files.mkdir(parents=True, exist_ok=True)
+            (files / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+            (files / "hosts").write_text(debian_hosts_file(socket.gethostname()))
         _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
         _ip("-n", self.switch, "link", "set", "br0", "up")
         for index, (namespace, address) in enumerate(zip(self.names, self.addresses)):
@@ -90,3 +95,16 @@ class TestHosts:
     def cut_link(self, index: int) -> None:
         """Take host ``index``'s interface down: its packets vanish, no reset is sent."""
         _ip("-n", self.names[index], "link", "set", "eth0", "down")
+
+    def partition(self, index: int) -> None:
+        """Cut host ``index`` off at the switch: its own link stays up, frames to and from it are dropped.
+
+        Unlike ``cut_link``, the host's programs get no error when they send;
+        they just never hear back, as across a failed switch.
+        """
+        _ip("-n", self.switch, "link", "set", f"p{index}", "nomaster")
+
+
+def debian_hosts_file(hostname: str) -> str:
+    """``/etc/hosts`` as stock Debian and Ubuntu write it: the hostname maps to 127.0.1.1."""
+    return f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"

@@ -1,4 +1,11 @@
-"""torchrun --rdzv-backend=metaflow across three test hosts (network namespaces), with link cuts."""
+"""torchrun --rdzv-backend=metaflow across three test hosts (network namespaces): links cut, hosts partitioned.
+
+The hosts map the hostname to 127.0.1.1 as stock Debian does and nothing sets
+GLOO_SOCKET_IFNAME: the backend must hand the workers the interface that
+reaches node 0 by itself.
+"""
+
+import os
 
 import pytest
 
@@ -11,6 +18,7 @@ pytestmark = [
     pytest.mark.timeout(180),
     pytest.mark.skipif(REASON is not None, reason=f"no test hosts: {REASON}"),
 ]
+IFNAME_VARS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 
 
 @pytest.fixture
@@ -20,14 +28,14 @@ def hosts():
 
 
 def job_on(hosts: TestHosts, workdir, script: str, **kwargs) -> Job:
-    # All namespaces share this machine's hostname, which resolves to loopback;
-    # gloo picks its interface from the hostname unless told otherwise.
-    return Job(workdir, 3, script, main_ip=hosts.addresses[0], env={"GLOO_SOCKET_IFNAME": "eth0"},
-               host_prefix=hosts.command_prefix, **kwargs)
+    assert not any(name in os.environ for name in IFNAME_VARS), "the jobs would inherit them"
+    return Job(workdir, 3, script, main_ip=hosts.addresses[0], host_prefix=hosts.command_prefix,
+               **kwargs)
 
 
 def test_three_hosts_all_reduce(hosts, tmp_path):
-    with job_on(hosts, tmp_path, "allreduce.py", nproc_per_node=2) as job:
+    with job_on(hosts, tmp_path, "allreduce.py", nproc_per_node=2,
+                script_args=["--print-env", *IFNAME_VARS]) as job:
         job.start()
         assert job.wait() == {0: 0, 1: 0, 2: 0}
         for node in range(3):
@@ -35,13 +43,26 @@ def test_three_hosts_all_reduce(hosts, tmp_path):
             assert len(lines) == 2 and all("sum=21" in line for line in lines), job.output(node)
             assert all(f"group_rank={node}" in line for line in lines)
             assert all(f"master={hosts.addresses[0]}" in line for line in lines)
+            assert all("GLOO_SOCKET_IFNAME=eth0 NCCL_SOCKET_IFNAME==eth0" in line for line in lines)
 
 
-def test_worker_host_link_cut(hosts, tmp_path):
+def test_users_own_socket_ifname_wins(hosts, tmp_path):
+    # The user's NCCL choice stays; gloo, which the user left alone, gets ours.
+    with job_on(hosts, tmp_path, "allreduce.py", script_args=["--print-env", *IFNAME_VARS],
+                env={"NCCL_SOCKET_IFNAME": "^docker"}) as job:
+        job.start()
+        assert job.wait() == {0: 0, 1: 0, 2: 0}
+        for node in range(3):
+            lines = lines_with(job.output(node), "sum=")
+            assert lines and "GLOO_SOCKET_IFNAME=eth0 NCCL_SOCKET_IFNAME=^docker" in lines[0], lines
+
+
+@pytest.mark.parametrize("fault", ["cut_link", "partition"])
+def test_worker_host_lost(hosts, tmp_path, fault):
     with job_on(hosts, tmp_path, "idle.py", rdzv_conf=FAST) as job:
         job.start()
         wait_for_output(job, [0, 1, 2], "started rank=")
-        hosts.cut_link(2)
+        getattr(hosts, fault)(2)
         codes = job.wait(timeout=90)
         assert all(code != 0 for code in codes.values()), codes
         for node in (0, 1):
@@ -50,11 +71,12 @@ def test_worker_host_link_cut(hosts, tmp_path):
         assert job.live_processes() == []
 
 
-def test_control_host_link_cut(hosts, tmp_path):
+@pytest.mark.parametrize("fault", ["cut_link", "partition"])
+def test_control_host_lost(hosts, tmp_path, fault):
     with job_on(hosts, tmp_path, "idle.py", rdzv_conf=FAST) as job:
         job.start()
         wait_for_output(job, [0, 1, 2], "started rank=")
-        hosts.cut_link(0)
+        getattr(hosts, fault)(0)
         codes = job.wait(timeout=90)
         assert all(code != 0 for code in codes.values()), codes
         for node in (1, 2):
