@@ -13,6 +13,9 @@ NODE_INDEX_VAR = "MF_PARALLEL_NODE_INDEX"
 NUM_NODES_VAR = "MF_PARALLEL_NUM_NODES"
 MAIN_IP_VAR = "MF_PARALLEL_MAIN_IP"
 CONTROL_TASK_ID_VAR = "MF_PARALLEL_CONTROL_TASK_ID"
+# Metaflow's @kubernetes exports its `port` attribute to every pod of a
+# parallel step (and declares it in the pod spec); "None" when it is unset.
+DECLARED_PORT_VAR = "MF_MASTER_PORT"
 
 
 @dataclass(frozen=True)
@@ -22,12 +25,15 @@ class Topology:
     ``node_index`` is 0 for the control task, which hosts the store, and is the
     torchrun group rank. ``main_ip`` is the address of node 0 as the other nodes
     reach it. ``control_task_id`` names the job when Metaflow set it.
+    ``declared_port`` is the port the compute layer opened for node 0
+    (``@kubernetes(port=...)``), if any.
     """
 
     node_index: int
     num_nodes: int
     main_ip: str
     control_task_id: Optional[str] = None
+    declared_port: Optional[int] = None
 
     @property
     def is_control(self) -> bool:
@@ -80,4 +86,20 @@ def read_topology(environ: Optional[Mapping[str, str]] = None) -> Topology:
             f"node indexes run from 0 to {num_nodes - 1}."
         )
     control_task_id = environ.get(CONTROL_TASK_ID_VAR) or None
-    return Topology(node_index, num_nodes, main_ip, control_task_id)
+    return Topology(node_index, num_nodes, main_ip, control_task_id, _declared_port(environ))
+
+
+def _declared_port(environ: Mapping[str, str]) -> Optional[int]:
+    value = environ.get(DECLARED_PORT_VAR, "").strip()
+    if value in ("", "None"):
+        return None
+    try:
+        port = int(value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise _topology_error(
+            f"{DECLARED_PORT_VAR}={value!r} is not a TCP port from 1 to 65535; it comes from "
+            f"@kubernetes(port=...)."
+        )
+    return port

@@ -13,6 +13,7 @@ from rendezvous.errors import ConfigError, TopologyError
 from rendezvous.handler import (
     OWN, PEER_LOST, create_handler, describe_failure, parse_failures, root_cause,
 )
+from rendezvous.network import interface_with_address, socket_ifname_defaults
 from rendezvous.settings import RendezvousSettings
 from rendezvous.topology import read_topology
 
@@ -84,6 +85,8 @@ def test_topology_read():
         ({"MF_PARALLEL_NODE_INDEX": "3"}, "out of range for MF_PARALLEL_NUM_NODES=3"),
         ({"MF_PARALLEL_NODE_INDEX": "-1"}, "out of range"),
         ({"MF_PARALLEL_NUM_NODES": "0"}, "at least one node"),
+        ({"MF_MASTER_PORT": "http"}, "MF_MASTER_PORT='http' is not a TCP port.*@kubernetes"),
+        ({"MF_MASTER_PORT": "70000"}, "MF_MASTER_PORT='70000' is not a TCP port"),
     ],
 )
 def test_topology_refuses(change, message):
@@ -98,9 +101,30 @@ def params(nnodes=(3, 3), endpoint="", **config):
 def test_create_handler_uses_topology_and_derived_port(monkeypatch):
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MF_MASTER_PORT", "None")  # what @kubernetes exports without a port
     handler = create_handler(params())
     assert (handler.host, handler.port) == ("10.0.0.5", derive_port("run-1"))
     assert create_handler(params(endpoint="[::1]:4000")).endpoint == "[::1]:4000"
+
+
+def test_port_declared_by_kubernetes_is_the_default_and_an_endpoint_port_wins(monkeypatch):
+    for key, value in {**ENV, "MF_MASTER_PORT": "3344"}.items():
+        monkeypatch.setenv(key, value)
+    assert read_topology().declared_port == 3344
+    assert create_handler(params()).endpoint == "10.0.0.5:3344"
+    assert create_handler(params(endpoint=":4000")).endpoint == "10.0.0.5:4000"
+
+
+def test_socket_ifname_names_the_interface_towards_node_0_unless_the_user_chose():
+    assert interface_with_address("127.0.0.1") == "lo"
+    assert interface_with_address("::1") == "lo"
+    assert interface_with_address("198.18.255.254") is None  # held by no interface here
+    chosen, interface = socket_ifname_defaults("127.0.0.1", 29500, {})
+    assert interface == "lo"
+    assert chosen == {"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "=lo"}  # "=": exact name
+    chosen, _ = socket_ifname_defaults("127.0.0.1", 29500, {"GLOO_SOCKET_IFNAME": "eth1"})
+    assert chosen == {"NCCL_SOCKET_IFNAME": "=lo"}
+    assert socket_ifname_defaults("node0.invalid", 29500, {}) == ({}, None)
 
 
 @pytest.mark.parametrize("nnodes, shown", [((2, 2), "--nnodes=2,"), ((1, 3), "--nnodes=1:3,")])
