@@ -111,7 +111,7 @@ def test_five_megabytes_on_stderr_alone(flows):
     [('{"nproc_per_node": 2}', []), ("{}", ["--with", "resources:gpu=2"])],
     ids=["nproc from the attribute", "nproc from the GPUs requested"],
 )
-def test_single_node_without_num_parallel(flows, attributes, options):
+def test_one_node(flows, attributes, options):
     # two processes without nproc_per_node in run(); the program run as a module
     run = flows.run("single_node.py", *options, env={"TORCHRUN_TEST_ATTRIBUTES": attributes})
     assert run.returncode == 0, run.output[-6000:]
@@ -309,3 +309,22 @@ def test_three_runs_at_once_do_not_collide(flows):
         rdzv_ids |= {Path(fields["log_dir"]).parent.name for fields in results(run).values()}
     assert len(rdzv_ids) == 3, rdzv_ids  # one rendezvous per run, shared by its nodes
     assert flows.live_processes() == []
+
+
+def test_step_inherited_from_a_base_flow_in_another_module(flows):
+    run = flows.run("inherited.py")
+    assert run.returncode == 0, run.output[-6000:]
+    lines = run.task_lines("train")
+    for rank in (0, 1):
+        assert f"[rank{rank}]: rank={rank} world=2 group_rank={rank} sum=3 text=InheritedFlow" in lines
+    assert "JOINED nodes=[0, 1]" in run.task_lines("join")
+    assert flows.live_processes() == []
+
+
+def test_step_reached_without_num_parallel_is_refused_by_metaflow(flows):
+    run = flows.run("no_num_parallel.py", timeout=60)
+    assert run.returncode != 0
+    # Metaflow's own check of the graph: a @torchrun step is a @parallel step
+    assert "Validity checker found an issue" in run.output, run.output[-3000:]
+    assert "is called after an @parallel step but is not a join step" in run.output
+    assert "[rank" not in run.output  # refused before any task ran

@@ -31,7 +31,6 @@ from metaflow_extensions.torchrun.plugins.exceptions import (
 )
 from metaflow_extensions.torchrun.plugins.log_pump import LogPump
 from metaflow_extensions.torchrun.plugins.torchrun_decorator import (
-    _calls_with_num_parallel,
     _checked_port,
     _checked_timeout,
     _requested_gpus,
@@ -253,18 +252,6 @@ def test_gpus_requested_for_the_step():
     # @kubernetes takes the larger of its own and @resources' request
     kubernetes = _Deco("kubernetes", gpu="4", cpu="1")
     assert _requested_gpus([_Deco("resources", gpu="2.0", cpu="1"), kubernetes]) == 4
-
-
-def test_num_parallel_call_is_found_in_step_source():
-    def start(self):
-        self.next(self.train, num_parallel=self.nodes)
-
-    def other(self):
-        self.next(self.train)
-
-    assert _calls_with_num_parallel(start, "train")
-    assert not _calls_with_num_parallel(start, "end")
-    assert not _calls_with_num_parallel(other, "train")
 
 
 def test_not_enabled_error_keeps_hasattr_false():

@@ -1,4 +1,4 @@
-"""One @torchrun step on one node that makes current.torch.run calls on request.
+"""One @torchrun step on one node (num_parallel=1) that makes current.torch.run calls on request.
 
 The test writes $TORCHRUN_TEST_REQUESTS/<n>.request.json, n = 1, 2, ...: either
 {"call": {arguments of run()}} or {"stop": true}. The step runs echo_args.py
@@ -37,7 +37,7 @@ def answer(number: int, response: dict) -> None:
 class RunRequestsFlow(FlowSpec):
     @step
     def start(self):
-        self.next(self.train)
+        self.next(self.train, num_parallel=1)
 
     @torchrun
     @step
@@ -55,6 +55,10 @@ class RunRequestsFlow(FlowSpec):
                                 "restarts": result.restarts, "log_dir": result.log_dir})
             number += 1
             request = next_request(number)
+        self.next(self.join)
+
+    @step
+    def join(self, inputs):
         self.next(self.end)
 
     @step

@@ -1,4 +1,4 @@
-"""One @torchrun step without num_parallel: it runs on one node.
+"""One @torchrun step reached with num_parallel=1: it runs on one node.
 
 TORCHRUN_TEST_ATTRIBUTES (JSON) gives the decorator's attributes, so that a test
 can also try attributes that must be refused.
@@ -16,13 +16,17 @@ class SingleNodeFlow(FlowSpec):
 
     @step
     def start(self):
-        self.next(self.train)
+        self.next(self.train, num_parallel=1)
 
     @torchrun(**ATTRIBUTES)
     @step
     def train(self):
         result = current.torch.run(module=self.module, entrypoint_args=["--text", "one node"])
         print(f"RESULT exit_code={result.exit_code} restarts={result.restarts} parallel={tuple(current.parallel)}")
+        self.next(self.join)
+
+    @step
+    def join(self, inputs):
         self.next(self.end)
 
     @step

@@ -5,14 +5,12 @@ torch nor the launcher at module level, and not our exceptions either, which
 import metaflow themselves (importing them first must not make a cycle).
 """
 
-import ast
 import functools
 import inspect
 import math
 import os
 import signal
-import textwrap
-from typing import Iterator, List, Optional, Tuple
+from typing import Optional
 
 from metaflow.metaflow_current import Current, current
 from metaflow.plugins.parallel_decorator import ParallelDecorator
@@ -23,9 +21,10 @@ class TorchrunDecorator(ParallelDecorator):
     """
     Run an unchanged torchrun program on every node of this step.
 
-    With ``self.next(self.train, num_parallel=N)`` the step runs on N nodes
-    (a Metaflow ``@parallel`` step); without ``num_parallel`` it runs on one.
-    Inside the step, ``current.torch.run(entrypoint="train.py")`` starts the
+    A ``@torchrun`` step is a Metaflow ``@parallel`` step: reach it with
+    ``self.next(self.train, num_parallel=N)`` and it runs on N nodes (N=1 for
+    one). Metaflow's graph decides this, so a step inherited from a base flow
+    class works like one defined in the flow itself. Inside the step, ``current.torch.run(entrypoint="train.py")`` starts the
     program with torchrun on this node; the nodes find each other through the
     ``metaflow`` rendezvous backend.
 
@@ -64,13 +63,6 @@ class TorchrunDecorator(ParallelDecorator):
     # Set by the local launcher of the other nodes, on node 0 of a local run only.
     _local_nodes = None
 
-    @property
-    def IS_PARALLEL(self) -> bool:  # noqa: N802 (Metaflow's name)
-        # Metaflow reads this while it builds the graph, before any hook of ours
-        # runs, to decide whether the step is @parallel. A @torchrun step that no
-        # step reaches with num_parallel is an ordinary one-node step.
-        return _reached_with_num_parallel(self)
-
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
         super().step_init(flow, graph, step_name, decorators, environment, flow_datastore, logger)
         from .launcher import StepSettings
@@ -81,7 +73,6 @@ class TorchrunDecorator(ParallelDecorator):
         if "torch" not in vars(Current):
             Current.torch = property(_current_torch_outside_torchrun)
 
-        self._single_node = not graph[step_name].parallel_step
         self._flow_dir = os.path.dirname(os.path.abspath(inspect.getfile(type(flow))))
         self._settings = StepSettings(
             nproc_per_node=_checked_nproc(self.attributes["nproc_per_node"]),
@@ -104,22 +95,19 @@ class TorchrunDecorator(ParallelDecorator):
         ubf_context,
         inputs,
     ):
-        # A one-node step is not inside a num_parallel split: the parent's hook
-        # would read the split's iterator, which does not exist there.
-        if not self._single_node:
-            super().task_pre_step(
-                step_name,
-                task_datastore,
-                metadata,
-                run_id,
-                task_id,
-                flow,
-                graph,
-                retry_count,
-                max_user_code_retries,
-                ubf_context,
-                inputs,
-            )
+        super().task_pre_step(
+            step_name,
+            task_datastore,
+            metadata,
+            run_id,
+            task_id,
+            flow,
+            graph,
+            retry_count,
+            max_user_code_retries,
+            ubf_context,
+            inputs,
+        )
         from .launcher import TaskIdentity
 
         self._task = TaskIdentity(flow.name, str(run_id), step_name, str(task_id), int(retry_count))
@@ -161,13 +149,6 @@ class TorchrunDecorator(ParallelDecorator):
     def setup_distributed_env(self, flow) -> None:
         from .launcher import TorchrunLauncher
 
-        if self._single_node:
-            os.environ.update(
-                MF_PARALLEL_NUM_NODES="1",
-                MF_PARALLEL_NODE_INDEX="0",
-                MF_PARALLEL_MAIN_IP="127.0.0.1",
-                MF_PARALLEL_CONTROL_TASK_ID=self._task.task_id,
-            )
         local_nodes = self._local_nodes
         current._update_env(
             {
@@ -202,7 +183,6 @@ def _current_torch_outside_torchrun(_: Current):
         "current.torch exists only in steps decorated with @torchrun: add @torchrun above "
         "@step (and call the step with self.next(..., num_parallel=N) for N nodes)."
     )
-
 
 
 def _checked_nproc(value: object) -> Optional[str]:
@@ -258,52 +238,3 @@ def _requested_gpus(decorators) -> int:
         return max(0, int(float(gpu or 0)))
     except (TypeError, ValueError):
         return 0
-
-
-def _flow_classes(base: type) -> Iterator[type]:
-    for subclass in base.__subclasses__():
-        yield subclass
-        yield from _flow_classes(subclass)
-
-
-def _steps_of(flow_class: type) -> List[Tuple[str, object]]:
-    steps = []
-    for name in dir(flow_class):
-        member = getattr(flow_class, name, None)
-        if callable(member) and hasattr(member, "is_step"):
-            steps.append((name, member))
-    return steps
-
-
-def _reached_with_num_parallel(decorator: TorchrunDecorator) -> bool:
-    """Whether a step calls ``self.next(self.<this step>, num_parallel=...)``.
-
-    Finds the flow class and step that carry ``decorator`` among the loaded
-    FlowSpec classes and reads the steps' source, as Metaflow's graph does.
-    True when the decorator is attached to no known step yet.
-    """
-    from metaflow import FlowSpec
-
-    for flow_class in _flow_classes(FlowSpec):
-        steps = _steps_of(flow_class)
-        for step_name, step_func in steps:
-            if any(deco is decorator for deco in getattr(step_func, "decorators", ())):
-                return any(_calls_with_num_parallel(func, step_name) for _, func in steps)
-    return True
-
-
-def _calls_with_num_parallel(step_func, target: str) -> bool:
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(step_func)))
-    except (OSError, TypeError, SyntaxError):
-        return False
-    for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "next"
-            and any(keyword.arg == "num_parallel" for keyword in node.keywords)
-            and any(isinstance(arg, ast.Attribute) and arg.attr == target for arg in node.args)
-        ):
-            return True
-    return False
