@@ -181,8 +181,9 @@ class TorchrunLauncher:
             num_nodes=topology.num_nodes,
             nproc_per_node=nproc,
             rdzv_id=rdzv_id,
-            # The backend puts node 0's address in front of a bare ":port" and
-            # derives the port from the rdzv id for a bare address. (Passing an
+            # The backend puts node 0's address in front of a bare ":port"; for
+            # a bare address it takes @kubernetes(port=...) or derives the port
+            # from the rdzv id. (Passing an
             # endpoint also keeps torchrun from warning about master_addr.)
             rdzv_endpoint=f":{port}" if port else topology.main_ip,
             join_timeout=self._settings.join_timeout,

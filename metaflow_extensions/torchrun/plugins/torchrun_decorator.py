@@ -36,7 +36,8 @@ class TorchrunDecorator(ParallelDecorator):
         else 1. An argument of `current.torch.run` overrides it.
     master_port : int, optional, default None
         Port of the rendezvous store on node 0, which the workers also use as
-        MASTER_PORT. By default each `current.torch.run` call derives its own.
+        MASTER_PORT. By default the port of `@kubernetes(port=...)` if given,
+        else each `current.torch.run` call derives its own.
     all_nodes_started_timeout : int, default 600
         Seconds to wait for every node to join before failing with the list of
         nodes that did not.
