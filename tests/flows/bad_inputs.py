@@ -26,7 +26,7 @@ class BadInputsFlow(FlowSpec):
             current.torch.run(entrypoint="ranks.py")
         except AttributeError as error:
             print(f"BAD outside @torchrun: {type(error).__name__}: {error}")
-        self.next(self.train)
+        self.next(self.train, num_parallel=1)
 
     @torchrun
     @step
@@ -40,6 +40,10 @@ class BadInputsFlow(FlowSpec):
                 print(f"NOT REFUSED {name}")
         # Uncaught, the error ends the step with its message.
         current.torch.run(entrypoint="no_such_script.py")
+        self.next(self.join)
+
+    @step
+    def join(self, inputs):
         self.next(self.end)
 
     @step
