@@ -360,6 +360,64 @@ def test_bootstrap_keeps_exit_codes_and_an_existing_error_file(tmp_path):
     assert json.loads((tmp_path / "error.json").read_text()) == {"written by": "the program"}
 
 
+# A one-process gloo group; at exit the program reports whether a group is still up.
+GROUP_PROGRAM = textwrap.dedent("""
+    import atexit, os, socket, sys
+    import torch.distributed as dist
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(probe.getsockname()[1]),
+                          WORLD_SIZE="1", RANK="0")
+    atexit.register(lambda: print("initialized at exit:", dist.is_initialized()))
+    dist.init_process_group("gloo")
+    dist.new_group([0])
+    {ending}
+""")
+
+
+@pytest.mark.parametrize(
+    "ending, code, left_initialized",
+    [("pass", 0, False), ("sys.exit(0)", 0, False), ("sys.exit(None)", 0, False),
+     ("sys.exit(3)", 3, True), ("raise ValueError('boom')", 1, True)],
+)
+def test_bootstrap_ends_the_groups_of_a_successful_program_only(tmp_path, ending, code,
+                                                                left_initialized):
+    script = tmp_path / "train.py"
+    script.write_text(GROUP_PROGRAM.format(ending=ending))
+    done = run_bootstrap(tmp_path, "script", str(script))
+    assert done.returncode == code, done.stderr
+    assert done.stdout.strip().endswith(f"initialized at exit: {left_initialized}"), done.stdout
+
+
+def test_bootstrap_imports_nothing_for_a_program_without_torch_distributed(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("import atexit, sys\n"
+                      "atexit.register(lambda: print(sorted(m for m in sys.modules if m.startswith('torch'))))\n")
+    done = run_bootstrap(tmp_path, "script", str(script))
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
+
+
+def test_a_destroy_that_hangs_ends_the_worker_with_success_in_bounded_time(tmp_path):
+    # A stand-in torch.distributed whose destroy never returns, as NCCL's can with peers gone.
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, threading, types
+            sys.path.insert(0, {str(Path(BOOTSTRAP).parent)!r})
+            import worker_bootstrap
+            stuck = types.SimpleNamespace(is_available=lambda: True, is_initialized=lambda: True,
+                                          destroy_process_group=threading.Event().wait)
+            sys.modules["torch.distributed"] = stuck
+            worker_bootstrap._DESTROY_TIMEOUT_SECONDS = 0.2
+            worker_bootstrap.end_process_groups()
+            print("not reached")
+        """)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert done.returncode == 0
+    assert "not reached" not in done.stdout
+    assert "destroying the process group took over 0.2 s; exiting without waiting" in done.stderr
+
+
 def test_child_dies_with_its_parent(tmp_path):
     # The parent starts a sleeping child that asked for SIGKILL on its parent's death, then exits.
     parent = subprocess.run(

@@ -14,7 +14,12 @@ name found from SEARCH_DIR). The bootstrap
 - on an uncaught exception, writes torchelastic's error file (so the agent and
   the other nodes can name the failing rank and its error), prints the
   traceback without the bootstrap's own frames, and exits with code 1 as
-  Python does.
+  Python does;
+- after the program succeeded (it returned, or exited with code 0), destroys
+  the process groups it left initialized, before the interpreter tears down:
+  torch 2.13 often aborts such a process at exit (``terminate called without
+  an active exception``, SIGABRT) although all its work is done. See
+  ``end_process_groups``.
 
 This file is run by path in the worker and imported by the launcher, so it
 uses the standard library only and must stay importable without Metaflow.
@@ -26,11 +31,16 @@ import os
 import runpy
 import signal
 import sys
+import threading
 import time
 import traceback
 from typing import List, Optional
 
 _PR_SET_PDEATHSIG = 1
+# How long destroying the program's process groups may take. NCCL's destroy can
+# wait on work still queued on the GPU, or on peers that are gone; a finished
+# program must never hang there.
+_DESTROY_TIMEOUT_SECONDS = 10.0
 # Loaded once at import: loading a library between fork and exec can deadlock
 # on the loader lock another thread held at fork time.
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
@@ -84,25 +94,56 @@ def _record_error(error: BaseException, formatted: str) -> None:
         print(f"could not write the error file {path}: {write_error}", file=sys.stderr)
 
 
+def end_process_groups() -> None:
+    """Destroy the process groups a successful program left initialized, within a bound.
+
+    Does nothing, and imports nothing, when the program never imported
+    ``torch.distributed`` or left no group. The destroy runs in a daemon
+    thread: if it has not returned after ``_DESTROY_TIMEOUT_SECONDS``, the
+    worker flushes its output and exits with code 0 at once, since the program
+    itself succeeded, rather than wait, or be aborted by the teardown the
+    destroy was meant to avoid.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    destroyer = threading.Thread(target=dist.destroy_process_group, daemon=True)
+    destroyer.start()
+    destroyer.join(_DESTROY_TIMEOUT_SECONDS)
+    if destroyer.is_alive():
+        print(
+            f"metaflow-torchrun: destroying the process group took over "
+            f"{_DESTROY_TIMEOUT_SECONDS:g} s; exiting without waiting (the program succeeded)",
+            file=sys.stderr,
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
 def main(argv: List[str]) -> None:
     kind, target, search_dir, *args = argv
     die_with_parent(signal.SIGKILL)
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True, write_through=False)
     sys.path[0] = search_dir
+    sys.argv = [target, *args]  # run_module replaces argv[0] with the module's file
     try:
         if kind == "module":
-            sys.argv = [target, *args]  # run_module replaces argv[0] with the module's file
             runpy.run_module(target, run_name="__main__", alter_sys=True)
         else:
-            sys.argv = [target, *args]
             runpy.run_path(target, run_name="__main__")
+    except SystemExit as stop:
+        if stop.code in (None, 0):
+            end_process_groups()
+        raise
     except Exception as error:
         formatted = _user_traceback(error)
         _record_error(error, formatted)
         sys.stderr.write(formatted)
         sys.stderr.flush()
         sys.exit(1)
+    end_process_groups()
 
 
 if __name__ == "__main__":
