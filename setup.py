@@ -19,7 +19,10 @@ setup(
     # contract of torch.distributed.elastic as they are there.
     install_requires=["torch>=2.13", "metaflow>=2.19.39"],
     # numpy only silences torch's "Failed to initialize NumPy" warning in test logs.
-    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "numpy"]},
+    # moto's S3 server and the Kubernetes client (which Metaflow's @kubernetes needs to
+    # build a JobSet) serve the remote rehearsal (tests/rehearsal).
+    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "numpy",
+                             "moto[server]>=5.0", "kubernetes>=30.0"]},
     entry_points={
         # torch calls the loaded object with no arguments and registers what it
         # returns under the entry point's name.

@@ -1,8 +1,15 @@
-"""Shared fixtures: run real Metaflow flows in isolation (see flow_runs.py)."""
+"""Shared fixtures: run real Metaflow flows in isolation (see flow_runs.py), and the
+rehearsal's pod environment (see rehearsal/pod_env.py); the ``remote`` marker."""
 
 import pytest
 
 from flow_runs import FlowRunner
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "remote: rehearsals of Metaflow's remote path (Kubernetes, Argo, AWS Batch)"
+    )
 
 
 @pytest.fixture
@@ -11,3 +18,11 @@ def flows(tmp_path):
     runner = FlowRunner(tmp_path)
     yield runner
     runner.kill_all()
+
+
+@pytest.fixture(scope="session")
+def pod_python_env():
+    """The pods' Python environment (built on first use, then kept under the venv)."""
+    from rehearsal.pod_env import pod_python_env as build
+
+    return build()

@@ -1,0 +1,25 @@
+"""Worker of the rehearsal flows: a gloo all_reduce, then one line with what the rank saw."""
+import argparse
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--fail-rank", type=int, default=-1)
+args = parser.parse_args()
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+if rank == args.fail_rank:
+    raise RuntimeError(f"rank {rank} failed on purpose")
+value = torch.tensor([float(rank + 1)])
+dist.all_reduce(value)
+print(
+    f"WORKER rank={rank} world={dist.get_world_size()} "
+    f"local_world={os.environ['LOCAL_WORLD_SIZE']} master_port={os.environ['MASTER_PORT']} "
+    f"host={socket.gethostname()} sum={value.item():g}",
+    flush=True,
+)
+dist.destroy_process_group()

@@ -1,0 +1,288 @@
+"""A stand-in for a Kubernetes cluster with the JobSet controller: JobSets run as pods.
+
+Metaflow's ``kubernetes step`` stays real: it builds the JobSet (``KubernetesJobSet``),
+whose manifest (``dump()``) this module reads, and waits for it with its own loop
+(``Kubernetes.wait``: status from the object ``execute`` returns, the task's logs
+from the mflog files in S3). Only ``KubernetesJobSet.execute``, which would send the
+manifest to the cluster, is replaced.
+
+What the cluster does and the stand-in does too:
+
+- each replicated job of the JobSet becomes ``replicas`` Jobs named
+  ``<jobset>-<replicated job>-<job index>``, each with one pod (an indexed Job of one
+  completion) named ``<job>-0-<random>``, hostname ``<job>-0``, and, under the pod
+  spec's ``subdomain`` with ``setHostnameAsFQDN``, the FQDN
+  ``<job>-0.<subdomain>.<namespace>.svc.cluster.local`` as its hostname;
+- the pod's metadata carries the template's labels and annotations plus the JobSet
+  controller's (``jobset.sigs.k8s.io/jobset-name``, ``replicatedjob-name``,
+  ``job-index``, ``restart-attempt``, ...);
+- the container's environment is built in order: ``value`` with ``$(VAR)``
+  references to the variables before it expanded, ``valueFrom.fieldRef`` read from the
+  pod (``metadata.name``, ``metadata.namespace``, ``metadata.uid``,
+  ``metadata.annotations['...']``, ``metadata.labels['...']``,
+  ``spec.serviceAccountName``, ``spec.nodeName``, ``status.hostIP``, ``status.podIP``);
+  then ``command`` and ``args`` are expanded with that environment, as Kubernetes does
+  (``expand``);
+- the pods start in the order of the replicated jobs (control first), which startup
+  policy ``InOrder`` asks for and no startup policy allows;
+- the JobSet succeeds when every pod has, and fails as soon as one pod fails (no
+  failure policy, so no restarts): the other pods are then stopped.
+
+The test may hold the control pod back (``control_start_delay`` in the cluster
+description): a control pod that starts after its workers, as a slow image pull or
+a later node would make it. Not modelled: scheduling and resources, images,
+``envFrom`` secrets, volumes, restarts of the JobSet, the API server.
+"""
+
+import atexit
+import re
+import uuid
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+_JOBSETS_MODULE = "metaflow.plugins.kubernetes.kubernetes_jobsets"
+_JOBSET_LABEL = "jobset.sigs.k8s.io/"
+_POD_SUFFIX = "0"  # the pod's completion index in its one-pod indexed Job
+_ANNOTATION_OR_LABEL = re.compile(r"^metadata\.(annotations|labels)\['(?P<key>[^']*)'\]$")
+
+
+def expand(text: str, variables: Callable[[str], Optional[str]]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion of env values, command and args.
+
+    ``$(NAME)`` becomes NAME's value when ``variables(NAME)`` knows it and stays as
+    written otherwise; ``$$`` becomes ``$``; any other ``$`` is kept. A port of
+    ``third_party/forked/golang/expansion`` of Kubernetes.
+    """
+    out: List[str] = []
+    cursor = 0
+    while cursor < len(text):
+        char = text[cursor]
+        if char != "$" or cursor + 1 == len(text):
+            out.append(char)
+            cursor += 1
+            continue
+        following = text[cursor + 1]
+        if following == "$":
+            out.append("$")
+            cursor += 2
+        elif following == "(":
+            closing = text.find(")", cursor + 2)
+            if closing < 0:  # an incomplete reference is kept as written
+                out.append("$(")
+                cursor += 2
+                continue
+            name = text[cursor + 2:closing]
+            value = variables(name)
+            out.append(f"$({name})" if value is None else value)
+            cursor = closing + 1
+        else:
+            out.append("$" + following)
+            cursor += 2
+    return "".join(out)
+
+
+def _field(path: str, pod: Dict[str, Any]) -> str:
+    match = _ANNOTATION_OR_LABEL.match(path)
+    if match:
+        return pod["metadata"][match.group(1)].get(match["key"], "")
+    simple = {
+        "metadata.name": pod["metadata"]["name"],
+        "metadata.namespace": pod["metadata"]["namespace"],
+        "metadata.uid": pod["metadata"]["uid"],
+        "spec.serviceAccountName": pod["spec"]["serviceAccountName"],
+        "spec.nodeName": pod["spec"]["nodeName"],
+        "status.hostIP": pod["status"]["hostIP"],
+        "status.podIP": pod["status"]["podIP"],
+    }
+    if path not in simple:
+        raise ValueError(f"the rehearsal does not know the field reference {path!r}")
+    return simple[path]
+
+
+def container_environment(container: Dict[str, Any], pod: Dict[str, Any]) -> Dict[str, str]:
+    """The container's environment from its ``env`` list, in order, as the kubelet builds it."""
+    if container.get("envFrom"):
+        raise ValueError("the rehearsal does not model envFrom (secrets)")
+    env: Dict[str, str] = {}
+    for variable in container.get("env") or []:
+        if "valueFrom" in variable and variable["valueFrom"]:
+            field_ref = variable["valueFrom"].get("fieldRef")
+            if not field_ref:
+                raise ValueError(f"the rehearsal only models fieldRef: {variable}")
+            env[variable["name"]] = _field(field_ref["fieldPath"], pod)
+        else:
+            env[variable["name"]] = expand(variable.get("value") or "", env.get)
+    return env
+
+
+def _pod_object(jobset: Dict[str, Any], replicated_job: Dict[str, Any],
+                job_index: int) -> Dict[str, Any]:
+    """The pod the Job controller would create, as far as field references can see it.
+
+    Its addresses (``status``) are filled in once the pod has a host.
+    """
+    jobset_name = jobset["metadata"]["name"]
+    job_name = f"{jobset_name}-{replicated_job['name']}-{job_index}"
+    template = replicated_job["template"]["spec"]["template"]
+    controller_keys = {
+        _JOBSET_LABEL + "jobset-name": jobset_name,
+        _JOBSET_LABEL + "replicatedjob-name": replicated_job["name"],
+        _JOBSET_LABEL + "replicatedjob-replicas": str(replicated_job["replicas"]),
+        _JOBSET_LABEL + "job-index": str(job_index),
+        _JOBSET_LABEL + "restart-attempt": "0",
+        "batch.kubernetes.io/job-completion-index": _POD_SUFFIX,
+        "batch.kubernetes.io/job-name": job_name,
+    }
+    metadata = template.get("metadata") or {}
+    namespace = metadata.get("namespace") or replicated_job["template"]["metadata"]["namespace"]
+    spec = template["spec"]
+    hostname = f"{job_name}-{_POD_SUFFIX}"
+    if spec.get("subdomain") and spec.get("setHostnameAsFQDN"):
+        hostname = f"{hostname}.{spec['subdomain']}.{namespace}.svc.cluster.local"
+    return {
+        "metadata": {
+            "name": f"{job_name}-{_POD_SUFFIX}-{uuid.uuid4().hex[:5]}",
+            "namespace": namespace,
+            "uid": str(uuid.uuid4()),
+            "labels": {**(metadata.get("labels") or {}), **controller_keys},
+            "annotations": {**(metadata.get("annotations") or {}), **controller_keys},
+        },
+        "spec": {
+            "hostname": hostname,
+            "serviceAccountName": spec.get("serviceAccountName") or "default",
+            "nodeName": f"node-{job_name}",
+        },
+        "status": {},
+    }
+
+
+def pod_specs(manifest: Dict[str, Any], control_start_delay: float = 0.0) -> Dict[str, List[Any]]:
+    """``{replicated job name: the PodSpecs of its pods}`` for a JobSet manifest.
+
+    ``control_start_delay`` holds back the pods of the ``control`` replicated job.
+    """
+    from rehearsal import cluster
+
+    specs: Dict[str, List[Any]] = {}
+    for replicated_job in manifest["spec"]["replicatedJobs"]:
+        (container,) = replicated_job["template"]["spec"]["template"]["spec"]["containers"]
+        specs[replicated_job["name"]] = []
+        for job_index in range(int(replicated_job["replicas"])):
+            pod = _pod_object(manifest, replicated_job, job_index)
+
+            def environment(address: str, pod: Dict[str, Any] = pod,
+                            container: Dict[str, Any] = container) -> Dict[str, str]:
+                pod["status"] = {"hostIP": address, "podIP": address}  # one pod per node here
+                return container_environment(container, pod)
+
+            # The command is expanded with the environment; fieldRefs to addresses appear in
+            # env values only, so a provisional address leaves the command as it will be.
+            provisional = environment("0.0.0.0")
+            command = [expand(part, provisional.get)
+                       for part in (container.get("command") or []) + (container.get("args") or [])]
+            delay = control_start_delay if replicated_job["name"] == "control" else 0.0
+            specs[replicated_job["name"]].append(cluster.PodSpec(
+                name=pod["metadata"]["name"], hostname=pod["spec"]["hostname"],
+                command=command, start_delay=delay, env_for_address=environment))
+    return specs
+
+
+class StandInJobSet:
+    """What ``KubernetesJobSet.execute`` returns: ``RunningJobSet``'s interface over pods."""
+
+    def __init__(self, name: str, pods: Dict[str, List[Any]]):
+        self._name = name
+        self._pods = pods  # {replicated job name: its pods, in job index order}
+        self._failed: Optional[Any] = None
+        atexit.register(self.kill)
+
+    def __repr__(self) -> str:
+        return f"StandInJobSet({self._name!r})"
+
+    def _all(self) -> List[Any]:
+        return [pod for pods in self._pods.values() for pod in pods]
+
+    def _update(self) -> None:
+        if self._failed is not None:
+            return
+        for pod in self._all():
+            code = pod.poll()
+            if code not in (None, 0):
+                self._failed = pod
+                self.kill()  # the JobSet fails at the first failed Job: the rest are stopped
+                return
+
+    @property
+    def id(self) -> str:
+        return "pod %s" % self._pods["control"][0].name
+
+    @property
+    def is_done(self) -> bool:
+        self._update()
+        return self._failed is not None or all(pod.poll() == 0 for pod in self._all())
+
+    @property
+    def has_succeeded(self) -> bool:
+        return self.is_done and self._failed is None
+
+    @property
+    def has_failed(self) -> bool:
+        return self.is_done and self._failed is not None
+
+    @property
+    def is_running(self) -> bool:
+        return not self.is_done and any(pod.started for pod in self._all())
+
+    @property
+    def is_waiting(self) -> bool:
+        return not self.is_done and not self.is_running
+
+    @property
+    def status(self) -> str:
+        if self.is_done:
+            return "Jobset is done"
+        if self._pods["control"][0].started:
+            return "Jobset is running"
+        return "Jobset waiting for jobs to start"
+
+    @property
+    def reason(self) -> Tuple[Optional[int], Optional[str]]:
+        if self.has_succeeded:
+            return 0, None
+        control = self._pods["control"][0]
+        code = control.poll()
+        if code not in (None, 0):
+            return code, "control-pod failed [%s]" % ("Failed" if code > 0 else "Killed")
+        if self._failed is not None:
+            return None, "Worker pods failed"
+        return None, None
+
+    def kill(self) -> None:
+        for pod in self._all():
+            pod.kill()
+
+
+def start(manifest: Dict[str, Any], control_start_delay: float = 0.0) -> StandInJobSet:
+    """Start the pods of a JobSet manifest, in the order its startup policy asks for."""
+    from rehearsal import cluster
+
+    specs = pod_specs(manifest, control_start_delay)
+    # One start_pods call, so that every pod resolves the others' names as DNS would; pods
+    # start in the manifest's order of replicated jobs, which is what InOrder asks for
+    # (starting at once is what no startup policy allows too).
+    ordered = [spec for name in specs for spec in specs[name]]
+    pods = iter(cluster.start_pods(ordered))
+    return StandInJobSet(manifest["metadata"]["name"],
+                         {name: [next(pods) for _ in group] for name, group in specs.items()})
+
+
+def install() -> None:
+    """Replace ``KubernetesJobSet.execute`` once Metaflow loads it (in this process)."""
+    from rehearsal import cluster
+
+    def patch(module: Any) -> None:
+        def execute(jobset: Any) -> StandInJobSet:
+            return start(jobset.dump(), float(cluster.description()["control_start_delay"]))
+
+        module.KubernetesJobSet.execute = execute
+
+    cluster.call_when_imported(_JOBSETS_MODULE, patch)

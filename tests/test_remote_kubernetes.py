@@ -1,0 +1,103 @@
+"""Kubernetes rehearsal: @torchrun steps through Metaflow's real @kubernetes path.
+
+``python flow.py run`` runs on the laptop test host; Metaflow builds each JobSet
+and uploads the code package to S3 (a test server) for real, and
+``rehearsal.kubernetes_standin`` runs each pod's container command, exactly as the
+manifest gives it, in a test host of its own (see ``rehearsal/__init__.py`` for what
+this cannot show). One run per case family, to keep the time down:
+
+- the inherited flow (its @torchrun step in a base class of another module) with
+  ``@kubernetes(gpu=2, port=P)``: two processes per node, the store on P;
+- two nodes x one process with the control pod starting late: the join sees both
+  nodes, and ``rendezvous`` comes from the code package;
+- a rank raising on the worker pod fails the run, naming the rank.
+"""
+
+import re
+import subprocess
+import time
+from typing import Dict
+
+import pytest
+
+from flow_runs import FlowRun
+from netns_hosts import unavailable_reason
+from rehearsal.cluster import Cluster
+from rehearsal.kubernetes_standin import expand
+from flows.remote_base import RENDEZVOUS_PORT
+
+REASON = unavailable_reason()
+pytestmark = [
+    pytest.mark.remote,
+    pytest.mark.timeout(900),  # the first test may build the pod environment
+    pytest.mark.skipif(REASON is not None, reason=f"no test hosts: {REASON}"),
+]
+WORKER_LINE = re.compile(r"WORKER rank=(\d+) world=(\d+) local_world=(\d+) master_port=(\d+) "
+                         r"host=(\S+) sum=(\S+)")
+
+
+@pytest.fixture(scope="module")
+def cluster(pod_python_env, tmp_path_factory):
+    with Cluster(tmp_path_factory.mktemp("kubernetes"), pod_python_env) as made:
+        yield made
+
+
+@pytest.fixture
+def clean_cluster(cluster):
+    """The cluster; the test fails if its flow run leaves a process behind."""
+    yield cluster
+    deadline = time.monotonic() + 10
+    while cluster.live_processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = cluster.live_processes()
+    cluster.kill_all()
+    assert not left, f"processes left behind: {left}"
+
+
+def worker_lines(text: str):
+    """``{rank: (world, local world, MASTER_PORT, hostname)}`` of the WORKER lines in ``text``."""
+    return {int(m[1]): (int(m[2]), int(m[3]), int(m[4]), m[5]) for m in WORKER_LINE.finditer(text)}
+
+
+def jobset_logs(cluster: Cluster, run: FlowRun) -> Dict[str, str]:
+    """``{pod name: output}`` of the pods of the run's JobSets."""
+    jobsets = set(re.findall(r"\[pod (js-[0-9a-f]+)-control-0-0-", run.output))
+    assert jobsets, run.output[-6000:]
+    return {name: text for name, text in cluster.pod_logs().items()
+            if name.rsplit("-", 4)[0] in jobsets}
+
+
+def test_the_pod_environment_lacks_metaflow_torchrun(pod_python_env):
+    probe = subprocess.run(
+        [str(pod_python_env / "bin" / "python"), "-c",
+         "import importlib.util as u, importlib.metadata as m; "
+         "print(u.find_spec('rendezvous'), u.find_spec('metaflow_extensions'), "
+         "[e.name for e in m.entry_points(group='torchrun.handlers')]); "
+         "import torch, metaflow; print(torch.__version__, metaflow.__version__)"],
+        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, cwd="/",
+    )
+    assert probe.returncode == 0, probe.stderr
+    absent, versions = probe.stdout.splitlines()
+    assert absent == "None None []"
+    assert versions.startswith("2.13.0")
+
+
+def test_kubernetes_expansion_follows_kubernetes():
+    known = {"A": "1", "B": "$(A)"}.get
+    assert expand("$(A)-$(B)-$(C)-$(pwd)", known) == "1-$(A)-$(C)-$(pwd)"
+    assert expand("$$(A) $$ $x $( $(A", known) == "$(A) $ $x $( $(A"
+
+
+def test_inherited_step_with_gpus_and_port(clean_cluster):
+    run = clean_cluster.run_flow("remote_inherited.py")
+    assert run.returncode == 0, run.output[-6000:]
+    assert "JOINED nodes=[0, 1]" in run.task_lines("join")
+    logs = jobset_logs(clean_cluster, run)
+    assert len(logs) == 2, list(logs)
+    workers = worker_lines("\n".join(logs.values()))
+    # @kubernetes(gpu=2): two processes on each node; port=P: the store and MASTER_PORT on P.
+    assert sorted(workers) == [0, 1, 2, 3], logs
+    assert all(world == 4 and local == 2 and port == RENDEZVOUS_PORT
+               for world, local, port, _ in workers.values()), workers
+    pods = {rank: host.split(".")[0].rsplit("-", 3)[1] for rank, (*_, host) in workers.items()}
+    assert pods == {0: "control", 1: "control", 2: "worker", 3: "worker"}, workers
