@@ -20,9 +20,12 @@ setup(
     install_requires=["torch>=2.13", "metaflow>=2.19.39"],
     # numpy only silences torch's "Failed to initialize NumPy" warning in test logs.
     # moto's S3 server and the Kubernetes client (which Metaflow's @kubernetes needs to
-    # build a JobSet) serve the remote rehearsal (tests/rehearsal).
+    # build a JobSet) serve the remote rehearsal (tests/rehearsal). Lightning and
+    # Accelerate run their own scripts through @torchrun (tests/test_ecosystem.py); both
+    # accept the torch installed first (torch==2.13.0) and pull no other.
     extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "numpy",
-                             "moto[server]>=5.0", "kubernetes>=30.0"]},
+                             "moto[server]>=5.0", "kubernetes>=30.0",
+                             "lightning>=2.6", "accelerate>=1.0"]},
     entry_points={
         # torch calls the loaded object with no arguments and registers what it
         # returns under the entry point's name.
