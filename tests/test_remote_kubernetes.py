@@ -32,6 +32,7 @@ pytestmark = [
     pytest.mark.timeout(900),  # the first test may build the pod environment
     pytest.mark.skipif(REASON is not None, reason=f"no test hosts: {REASON}"),
 ]
+LATE_CONTROL_SECONDS = 4
 WORKER_LINE = re.compile(r"WORKER rank=(\d+) world=(\d+) local_world=(\d+) master_port=(\d+) "
                          r"host=(\S+) sum=(\S+)")
 
@@ -101,3 +102,31 @@ def test_inherited_step_with_gpus_and_port(clean_cluster):
                for world, local, port, _ in workers.values()), workers
     pods = {rank: host.split(".")[0].rsplit("-", 3)[1] for rank, (*_, host) in workers.items()}
     assert pods == {0: "control", 1: "control", 2: "worker", 3: "worker"}, workers
+
+
+def test_control_pod_starting_late(clean_cluster):
+    run = clean_cluster.run_flow("remote_training.py", control_start_delay=LATE_CONTROL_SECONDS)
+    assert run.returncode == 0, run.output[-6000:]
+    assert "JOINED nodes=[0, 1]" in run.task_lines("join")
+    logs = jobset_logs(clean_cluster, run)
+    workers = worker_lines("\n".join(logs.values()))
+    assert sorted(workers) == [0, 1] and all(w[:2] == (2, 1) for w in workers.values()), logs
+    # The package the pods import is the code package's: the pod environment has none.
+    nodes = re.findall(r"NODE (\d) python=(\S+) rendezvous=(\S+)", "\n".join(logs.values()))
+    assert sorted(node for node, _, _ in nodes) == ["0", "1"], logs
+    for _, python, rendezvous_file in nodes:
+        assert python.startswith(str(clean_cluster.pod_env)), python
+        assert rendezvous_file.endswith("/work/metaflow/.mf_code/rendezvous/__init__.py")
+    # The worker pod started first, and waited for the control's name to resolve.
+    started = {name.rsplit("-", 4)[1]: clean_cluster.pod_started(name) for name in logs}
+    assert started["control"] - started["worker"] >= LATE_CONTROL_SECONDS - 0.5, started
+
+
+def test_rank_raising_on_a_worker_pod(clean_cluster):
+    run = clean_cluster.run_flow("remote_training.py", "--fail_rank", "1")
+    assert run.returncode != 0, run.output[-6000:]
+    train = "\n".join(run.task_lines("train"))
+    # The control pod fails, naming the rank that raised on the other pod and its error.
+    assert "global rank 1" in train and "RuntimeError: rank 1 failed on purpose" in train, train
+    assert "control-pod failed" in train, train
+    assert not run.task_lines("join")

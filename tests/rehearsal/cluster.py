@@ -24,11 +24,13 @@ Usage (a stand-in, inside Metaflow's processes)::
     cluster.description()["control_start_delay"]   # what the test asked for this run
 
 Each pod runs ``command`` with exactly ``env`` (the container's environment) on
-top of the image's environment (``IMAGE_ENV``: PATH with the pod Python
-environment first, HOME, TMPDIR, the marker variable) and the S3 credentials a
-cluster's IAM role would give, in a test host of its own, in its own PID and UTS
-namespaces (a container: when its first process ends, everything in it dies) with
-its hostname set, in an empty working directory, output to ``log_path``. Each
+top of the image's environment (PATH with the pod Python environment first, HOME,
+``METAFLOW_SKIP_INSTALL_DEPENDENCIES`` as an image with Metaflow's dependencies
+sets it, the marker variable) and the S3 credentials a cluster's IAM role would
+give, in a test host of its own, in its own PID, UTS and mount namespaces (a
+container: when its first process ends, everything in it dies; its /tmp and /mnt
+are its own) with its hostname set, in an empty working directory, output to
+``log_path``. Each
 pod's ``/etc/hosts`` maps every pod of the same ``start_pods`` call to its address
 from the moment that pod starts, as a cluster's DNS would (a pod started late is
 unknown until then).
@@ -42,6 +44,7 @@ import importlib.abc
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -100,6 +103,8 @@ class PodSpec:
     ``env_for_address``, when given, builds that environment instead, from the
     address the pod gets (for what a cluster fills in from the pod's IP).
     ``start_delay`` holds the pod back for that many seconds (a slow image pull).
+    ``volumes`` maps mount paths in the pod, under ``/mnt``, to names of empty
+    directories (``RunningPod.volume``), as emptyDir volumes.
     """
 
     name: str
@@ -108,6 +113,12 @@ class PodSpec:
     env: Dict[str, str] = field(default_factory=dict)
     start_delay: float = 0.0
     env_for_address: Optional[Callable[[str], Dict[str, str]]] = None
+    volumes: Dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for mount_path in self.volumes:
+            if Path(mount_path).parent != Path("/mnt"):
+                raise ValueError(f"the rehearsal mounts volumes in /mnt only, not {mount_path}")
 
 
 @dataclass
@@ -125,9 +136,10 @@ class RunningPod:
         self.name = spec.name
         self.address = host.address
         self.namespace = host.namespace
-        pod_dir = Path(settings["state_dir"]) / "pods" / spec.name
-        self.log_path = pod_dir.with_suffix(".log")
-        self._dirs = {name: pod_dir / name for name in ("work", "home", "tmp")}
+        self._pod_dir = Path(settings["state_dir"]) / "pods" / spec.name
+        self.log_path = self._pod_dir.with_suffix(".log")
+        self._dirs = {name: self._pod_dir / name for name in ("work", "home")}
+        self._dirs.update({f"volume {name}": self.volume(name) for name in spec.volumes.values()})
         self._hosts_file = Path("/etc/netns") / host.namespace / "hosts"
         self._group = group
         self._settings = settings
@@ -140,12 +152,14 @@ class RunningPod:
     def started(self) -> bool:
         return self._process is not None
 
+    def volume(self, name: str) -> Path:
+        """The directory behind the pod's volume ``name``."""
+        return self._pod_dir / "volumes" / name
+
     def _environment(self) -> Dict[str, str]:
         image_env = {
             "PATH": f"{self._settings['pod_python_bin']}:{_IMAGE_PATH}",
             "HOME": str(self._dirs["home"]),
-            # /tmp is the machine's here, not the pod's own: per-rank logs go below the pod.
-            "TMPDIR": str(self._dirs["tmp"]),
             **self._settings["image_env"],
         }
         container_env = (self.spec.env if self.spec.env_for_address is None
@@ -168,12 +182,33 @@ class RunningPod:
                     [self._settings["ip"], "netns", "exec", self.namespace,
                      # --kill-child: when the pod is killed, so is everything in its PID namespace
                      "unshare", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc",
-                     "sh", "-c", 'hostname "$0" && exec "$@"', self.spec.hostname,
-                     *self.spec.command],
+                     "sh", "-c", self._container_script(), "sh", *self.spec.command],
                     cwd=self._dirs["work"], env=self._environment(),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 )
             _claim_host(self.namespace, self._settings, self._process.pid)
+            self.log_path.with_suffix(".json").write_text(json.dumps({
+                "started": time.time(), "hostname": self.spec.hostname,
+                "address": self.address, "namespace": self.namespace}))
+
+    def _container_script(self) -> str:
+        """Shell lines that make the pod's namespaces look like a container, then run it.
+
+        The hostname; empty ``/mnt`` and ``/tmp`` of its own (``/tmp/mf-input-paths`` and
+        the per-rank logs are the pod's); its volumes; its own directory (which lies
+        below the machine's /tmp) staged in /mnt and put back at its path over the new
+        /tmp. gVisor refuses ``mount --move``, hence the staging.
+        """
+        pod_dir, stage = shlex.quote(str(self._pod_dir)), "/mnt/.pod"
+        lines = ["set -e", f"hostname {shlex.quote(self.spec.hostname)}",
+                 "mount -t tmpfs tmpfs /mnt", f"mkdir {stage}", f"mount --bind {pod_dir} {stage}"]
+        for mount_path, name in self.spec.volumes.items():
+            lines += [f"mkdir -p {shlex.quote(mount_path)}",
+                      f"mount --bind {shlex.quote(str(self.volume(name)))} {shlex.quote(mount_path)}"]
+        lines += ["mount -t tmpfs tmpfs /tmp", f"mkdir -p {pod_dir}",
+                  f"mount --bind {stage} {pod_dir}", f"umount {stage}", f"rmdir {stage}",
+                  f"cd {shlex.quote(str(self._dirs['work']))}", 'exec "$@"']
+        return "\n".join(lines)
 
     def _start(self) -> None:
         if self.spec.start_delay > 0:
@@ -316,7 +351,7 @@ class Cluster:
         self.state = root / "cluster"
         self.s3_endpoint = f"http://{self.hosts.addresses[_S3_HOST]}:{S3_PORT}"
         self._standins = list(standins)
-        self._pod_env = pod_env
+        self.pod_env = pod_env
         self._runs = 0
         self._s3_log = None
         self.env: Dict[str, str] = {}
@@ -383,7 +418,7 @@ class Cluster:
             "pod_hosts": [{"namespace": name, "address": address} for name, address in
                           zip(self.hosts.names[_FIRST_POD_HOST:],
                               self.hosts.addresses[_FIRST_POD_HOST:])],
-            "pod_python_bin": str(self._pod_env / "bin"),
+            "pod_python_bin": str(self.pod_env / "bin"),
             # The image has the dependencies Metaflow would otherwise pip-install in the pod.
             "image_env": {"METAFLOW_SKIP_INSTALL_DEPENDENCIES": "1"},
             "role_env": AWS_ENV,
@@ -427,6 +462,13 @@ class Cluster:
         """``{pod name: its output}`` of every pod started so far."""
         return {path.stem: path.read_text(errors="replace")
                 for path in sorted((self.state / "pods").glob("*.log"))}
+
+    def pod_started(self, name: str) -> float:
+        """When pod ``name`` started (``time.time()``); KeyError if it never did."""
+        record = self.state / "pods" / f"{name}.json"
+        if not record.exists():
+            raise KeyError(name)
+        return json.loads(record.read_text())["started"]
 
     def live_processes(self) -> List[int]:
         """Processes of the flow runs and their pods that are still alive."""

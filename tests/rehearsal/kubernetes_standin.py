@@ -25,8 +25,10 @@ What the cluster does and the stand-in does too:
   (``expand``);
 - the pods start in the order of the replicated jobs (control first), which startup
   policy ``InOrder`` asks for and no startup policy allows;
-- the JobSet succeeds when every pod has, and fails as soon as one pod fails (no
-  failure policy, so no restarts): the other pods are then stopped.
+- the JobSet succeeds when every pod has, and fails when one pod has failed (no
+  failure policy, so no restarts): the failure shows in its status
+  ``STATUS_DELAY_SECONDS`` after the pod ended, as the controllers pass it on, and
+  the other pods are then stopped.
 
 The test may hold the control pod back (``control_start_delay`` in the cluster
 description): a control pod that starts after its workers, as a slow image pull or
@@ -36,11 +38,15 @@ a later node would make it. Not modelled: scheduling and resources, images,
 
 import atexit
 import re
+import time
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 _JOBSETS_MODULE = "metaflow.plugins.kubernetes.kubernetes_jobsets"
 _JOBSET_LABEL = "jobset.sigs.k8s.io/"
+# How long a pod's failure takes to show in the JobSet's status (kubelet, Job and JobSet
+# controllers each update in turn); until then the other pods run on.
+STATUS_DELAY_SECONDS = 1.0
 _POD_SUFFIX = "0"  # the pod's completion index in its one-pod indexed Job
 _ANNOTATION_OR_LABEL = re.compile(r"^metadata\.(annotations|labels)\['(?P<key>[^']*)'\]$")
 
@@ -116,10 +122,7 @@ def container_environment(container: Dict[str, Any], pod: Dict[str, Any]) -> Dic
 
 def _pod_object(jobset: Dict[str, Any], replicated_job: Dict[str, Any],
                 job_index: int) -> Dict[str, Any]:
-    """The pod the Job controller would create, as far as field references can see it.
-
-    Its addresses (``status``) are filled in once the pod has a host.
-    """
+    """The pod the Job controller would create for a job of a replicated job."""
     jobset_name = jobset["metadata"]["name"]
     job_name = f"{jobset_name}-{replicated_job['name']}-{job_index}"
     template = replicated_job["template"]["spec"]["template"]
@@ -138,21 +141,42 @@ def _pod_object(jobset: Dict[str, Any], replicated_job: Dict[str, Any],
     hostname = f"{job_name}-{_POD_SUFFIX}"
     if spec.get("subdomain") and spec.get("setHostnameAsFQDN"):
         hostname = f"{hostname}.{spec['subdomain']}.{namespace}.svc.cluster.local"
+    return pod_object(
+        name=f"{job_name}-{_POD_SUFFIX}-{uuid.uuid4().hex[:5]}", hostname=hostname,
+        namespace=namespace, labels={**(metadata.get("labels") or {}), **controller_keys},
+        annotations={**(metadata.get("annotations") or {}), **controller_keys},
+        service_account=spec.get("serviceAccountName"))
+
+
+def pod_object(name: str, hostname: str, namespace: str, labels: Dict[str, str],
+               annotations: Dict[str, str], service_account: Optional[str]) -> Dict[str, Any]:
+    """A pod as field references see it; ``status`` (its addresses) comes once it has a host."""
     return {
-        "metadata": {
-            "name": f"{job_name}-{_POD_SUFFIX}-{uuid.uuid4().hex[:5]}",
-            "namespace": namespace,
-            "uid": str(uuid.uuid4()),
-            "labels": {**(metadata.get("labels") or {}), **controller_keys},
-            "annotations": {**(metadata.get("annotations") or {}), **controller_keys},
-        },
-        "spec": {
-            "hostname": hostname,
-            "serviceAccountName": spec.get("serviceAccountName") or "default",
-            "nodeName": f"node-{job_name}",
-        },
+        "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()),
+                     "labels": labels, "annotations": annotations},
+        "spec": {"hostname": hostname, "serviceAccountName": service_account or "default",
+                 "nodeName": f"node-{name}"},
         "status": {},
     }
+
+
+def container_pod(pod: Dict[str, Any], container: Dict[str, Any], start_delay: float = 0.0,
+                  volumes: Optional[Dict[str, str]] = None) -> Any:
+    """The PodSpec that runs ``container`` of ``pod`` (see ``pod_object``)."""
+    from rehearsal import cluster
+
+    def environment(address: str) -> Dict[str, str]:
+        pod["status"] = {"hostIP": address, "podIP": address}  # one pod per node here
+        return container_environment(container, pod)
+
+    # The command is expanded with the environment; fieldRefs to addresses appear in env
+    # values only, so a provisional address leaves the command as it will be.
+    provisional = environment("0.0.0.0")
+    command = [expand(part, provisional.get)
+               for part in (container.get("command") or []) + (container.get("args") or [])]
+    return cluster.PodSpec(name=pod["metadata"]["name"], hostname=pod["spec"]["hostname"],
+                           command=command, start_delay=start_delay,
+                           env_for_address=environment, volumes=volumes or {})
 
 
 def pod_specs(manifest: Dict[str, Any], control_start_delay: float = 0.0) -> Dict[str, List[Any]]:
@@ -160,29 +184,14 @@ def pod_specs(manifest: Dict[str, Any], control_start_delay: float = 0.0) -> Dic
 
     ``control_start_delay`` holds back the pods of the ``control`` replicated job.
     """
-    from rehearsal import cluster
-
     specs: Dict[str, List[Any]] = {}
     for replicated_job in manifest["spec"]["replicatedJobs"]:
         (container,) = replicated_job["template"]["spec"]["template"]["spec"]["containers"]
-        specs[replicated_job["name"]] = []
-        for job_index in range(int(replicated_job["replicas"])):
-            pod = _pod_object(manifest, replicated_job, job_index)
-
-            def environment(address: str, pod: Dict[str, Any] = pod,
-                            container: Dict[str, Any] = container) -> Dict[str, str]:
-                pod["status"] = {"hostIP": address, "podIP": address}  # one pod per node here
-                return container_environment(container, pod)
-
-            # The command is expanded with the environment; fieldRefs to addresses appear in
-            # env values only, so a provisional address leaves the command as it will be.
-            provisional = environment("0.0.0.0")
-            command = [expand(part, provisional.get)
-                       for part in (container.get("command") or []) + (container.get("args") or [])]
-            delay = control_start_delay if replicated_job["name"] == "control" else 0.0
-            specs[replicated_job["name"]].append(cluster.PodSpec(
-                name=pod["metadata"]["name"], hostname=pod["spec"]["hostname"],
-                command=command, start_delay=delay, env_for_address=environment))
+        delay = control_start_delay if replicated_job["name"] == "control" else 0.0
+        specs[replicated_job["name"]] = [
+            container_pod(_pod_object(manifest, replicated_job, job_index), container, delay)
+            for job_index in range(int(replicated_job["replicas"]))
+        ]
     return specs
 
 
@@ -193,10 +202,15 @@ class StandInJobSet:
         self._name = name
         self._pods = pods  # {replicated job name: its pods, in job index order}
         self._failed: Optional[Any] = None
+        self._failures_seen: Dict[str, float] = {}  # pod name: when its failure was first seen
         atexit.register(self.kill)
 
     def __repr__(self) -> str:
         return f"StandInJobSet({self._name!r})"
+
+    def pods(self) -> Dict[str, List[Any]]:
+        """``{replicated job name: its RunningPods}``."""
+        return self._pods
 
     def _all(self) -> List[Any]:
         return [pod for pods in self._pods.values() for pod in pods]
@@ -204,12 +218,14 @@ class StandInJobSet:
     def _update(self) -> None:
         if self._failed is not None:
             return
+        now = time.monotonic()
         for pod in self._all():
-            code = pod.poll()
-            if code not in (None, 0):
-                self._failed = pod
-                self.kill()  # the JobSet fails at the first failed Job: the rest are stopped
-                return
+            if pod.poll() not in (None, 0):
+                seen = self._failures_seen.setdefault(pod.name, now)
+                if now - seen >= STATUS_DELAY_SECONDS:
+                    self._failed = pod
+                    self.kill()  # the JobSet fails at the first failed Job: the rest are stopped
+                    return
 
     @property
     def id(self) -> str:
@@ -248,10 +264,9 @@ class StandInJobSet:
     def reason(self) -> Tuple[Optional[int], Optional[str]]:
         if self.has_succeeded:
             return 0, None
-        control = self._pods["control"][0]
-        code = control.poll()
-        if code not in (None, 0):
-            return code, "control-pod failed [%s]" % ("Failed" if code > 0 else "Killed")
+        code = self._pods["control"][0].poll()
+        if code is not None and code > 0:  # failed by itself, not stopped with the JobSet
+            return code, "control-pod failed [Failed]"
         if self._failed is not None:
             return None, "Worker pods failed"
         return None, None
