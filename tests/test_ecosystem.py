@@ -9,6 +9,7 @@ group, and every one must still end cleanly.
 """
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,10 +53,9 @@ def test_lightning_accelerate_and_the_ddp_tutorial_run_unchanged(flows, tmp_path
             assert any(line.startswith(f"RESULT script={script} node={node} ") for line in results), results
 
     # The tutorial's rank 0 saved its snapshot after epoch 0, with the parameters it reported.
-    saved = [match["path"] for match in map(_SNAPSHOT.match, lines) if match]
-    assert len(saved) == 1, "\n".join(lines)
+    saved = [Path(match["path"]) for match in map(_SNAPSHOT.match, lines) if match]
+    assert len(saved) == 1 and tmp_path in saved[0].parents, "\n".join(lines)
     snapshot = torch.load(saved[0], map_location="cpu")
-    assert tmp_path in type(tmp_path)(saved[0]).parents
     assert snapshot["EPOCHS_RUN"] == 0
     reported = float(reports["ddp-tutorial"][0]["params"])
     assert sum(float(value.sum()) for value in snapshot["MODEL_STATE"].values()) == pytest.approx(reported, abs=1e-5)
