@@ -45,8 +45,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 _JOBSETS_MODULE = "metaflow.plugins.kubernetes.kubernetes_jobsets"
 _JOBSET_LABEL = "jobset.sigs.k8s.io/"
 # How long a pod's failure takes to show in the JobSet's status (kubelet, Job and JobSet
-# controllers each update in turn); until then the other pods run on.
-STATUS_DELAY_SECONDS = 1.0
+# controllers each update in turn, a few seconds on a cluster); until then the other
+# pods run on.
+STATUS_DELAY_SECONDS = 2.0
 _POD_SUFFIX = "0"  # the pod's completion index in its one-pod indexed Job
 _ANNOTATION_OR_LABEL = re.compile(r"^metadata\.(annotations|labels)\['(?P<key>[^']*)'\]$")
 
