@@ -33,7 +33,7 @@ What the cluster does and the stand-in does too:
 The test may hold the control pod back (``control_start_delay`` in the cluster
 description): a control pod that starts after its workers, as a slow image pull or
 a later node would make it. Not modelled: scheduling and resources, images,
-``envFrom`` secrets, volumes, restarts of the JobSet, the API server.
+``envFrom`` secrets, the pods' volumes, restarts of the JobSet, the API server.
 """
 
 import atexit
@@ -278,7 +278,7 @@ class StandInJobSet:
 
 
 def start(manifest: Dict[str, Any], control_start_delay: float = 0.0) -> StandInJobSet:
-    """Start the pods of a JobSet manifest, in the order its startup policy asks for."""
+    """Start the pods of a JobSet manifest, control first (see the module's docstring)."""
     from rehearsal import cluster
 
     specs = pod_specs(manifest, control_start_delay)
