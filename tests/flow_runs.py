@@ -10,7 +10,6 @@ outlived the flow and kill what did. The tests (``conftest.py``) and
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from torchrun_nodes import MARKER_VAR, processes_with_marker
+from torchrun_nodes import MARKER_VAR, kill_processes, processes_with_marker
 
 REPO = Path(__file__).resolve().parent.parent
 FLOWS = Path(__file__).resolve().parent / "flows"
@@ -71,6 +70,24 @@ class RunningFlow:
         return FlowRun(self.process.returncode, self.output())
 
 
+def run_to_end(process: subprocess.Popen, timeout: float, what: str,
+               kill_all: Callable[[], None]) -> FlowRun:
+    """Collect a started flow command's output until it ends.
+
+    At ``timeout``, ``kill_all()`` ends it and everything it started, and the
+    test fails with the command (``what``) and the end of its output.
+    """
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_all()
+        output, _ = process.communicate()
+        raise AssertionError(
+            f"{what} still ran after {timeout} s:\n" + output.decode("utf-8", errors="replace")[-6000:]
+        ) from None
+    return FlowRun(process.returncode, output.decode("utf-8", errors="replace"))
+
+
 class FlowRunner:
     """Runs flows of ``tests/flows`` in one isolated Metaflow environment under ``root``."""
 
@@ -105,16 +122,7 @@ class FlowRunner:
     def run(self, flow: str, *args: str, env: Optional[Dict[str, str]] = None,
             command: str = "run", timeout: float = 200) -> FlowRun:
         process = self.start(flow, *args, env=env, command=command)
-        try:
-            output, _ = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill_all()
-            output, _ = process.communicate()
-            raise AssertionError(
-                f"{flow} {command} {' '.join(args)} still ran after {timeout} s:\n"
-                + output.decode("utf-8", errors="replace")[-6000:]
-            ) from None
-        return FlowRun(process.returncode, output.decode("utf-8", errors="replace"))
+        return run_to_end(process, timeout, f"{flow} {command} {' '.join(args)}", self.kill_all)
 
     def start_until(self, flow: str, *args: str, ready: Callable[[], bool],
                     timeout: float = 200) -> RunningFlow:
@@ -190,9 +198,5 @@ class FlowRunner:
         return found
 
     def kill_all(self) -> None:
-        for pid in self.live_processes():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_processes(self.live_processes())
 

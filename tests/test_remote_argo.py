@@ -8,7 +8,6 @@ parameters substituted, then the join and end containers.
 """
 
 import re
-import time
 
 import pytest
 
@@ -28,11 +27,7 @@ pytestmark = [
 def cluster(pod_python_env, tmp_path):
     with Cluster(tmp_path, pod_python_env) as made:
         yield made
-        deadline = time.monotonic() + 10
-        while made.live_processes() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        left = made.live_processes()
-        assert not left, f"processes left behind: {left}"
+        made.assert_nothing_left()
 
 
 def test_substitution_of_metaflows_expressions():

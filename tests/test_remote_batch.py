@@ -71,12 +71,7 @@ def cluster(pod_python_env: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 def clean_cluster(cluster: Cluster) -> Iterator[Cluster]:
     """The cluster; the test fails if its flow run leaves a process behind."""
     yield cluster
-    deadline = time.monotonic() + 10
-    while cluster.live_processes() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = cluster.live_processes()
-    cluster.kill_all()
-    assert not left, f"processes left behind: {left}"
+    cluster.assert_nothing_left()
 
 
 @contextlib.contextmanager

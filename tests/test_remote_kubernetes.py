@@ -15,7 +15,6 @@ this cannot show). One run per case family, to keep the time down:
 
 import re
 import subprocess
-import time
 from typing import Dict
 
 import pytest
@@ -47,12 +46,7 @@ def cluster(pod_python_env, tmp_path_factory):
 def clean_cluster(cluster):
     """The cluster; the test fails if its flow run leaves a process behind."""
     yield cluster
-    deadline = time.monotonic() + 10
-    while cluster.live_processes() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = cluster.live_processes()
-    cluster.kill_all()
-    assert not left, f"processes left behind: {left}"
+    cluster.assert_nothing_left()
 
 
 def worker_lines(text: str):

@@ -35,6 +35,7 @@ from metaflow_extensions.torchrun.plugins.torchrun_decorator import (
     _checked_timeout,
     _requested_gpus,
 )
+from torchrun_nodes import is_alive
 
 pytestmark = pytest.mark.timeout(60)
 BOOTSTRAP = worker_bootstrap.__file__
@@ -434,14 +435,6 @@ def test_child_dies_with_its_parent(tmp_path):
     )
     child = int(parent.stdout)
     deadline = time.monotonic() + 30
-    while _alive(child) and time.monotonic() < deadline:
+    while is_alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(child)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    assert not is_alive(child)

@@ -23,6 +23,15 @@ TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 MARKER_VAR = "METAFLOW_TORCHRUN_TEST_JOB"
 
 
+def is_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def processes_with_marker(marker: str) -> List[int]:
     """PIDs of the live processes whose environment carries ``MARKER_VAR=marker``."""
     needle = f"{MARKER_VAR}={marker}".encode()
@@ -32,12 +41,20 @@ def processes_with_marker(marker: str) -> List[int]:
             continue
         try:
             environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if state != "Z" and needle in environ.split(b"\0"):
+        if needle in environ.split(b"\0") and is_alive(int(entry.name)):
             found.append(int(entry.name))
     return found
+
+
+def kill_processes(pids: Iterable[int]) -> None:
+    """SIGKILL each of ``pids`` that still exists."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 class Job:
@@ -141,11 +158,7 @@ class Job:
         return processes_with_marker(self.run_id)
 
     def close(self) -> None:
-        for pid in self.live_processes():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_processes(self.live_processes())
         for proc in self.procs.values():
             proc.wait()
 

@@ -78,9 +78,9 @@ _POLL_SECONDS = 0.05
 if str(_TESTS) not in sys.path:  # in Metaflow's processes, for torchrun_nodes and netns_hosts
     sys.path.append(str(_TESTS))
 
-from flow_runs import FLOWS, FlowRun  # noqa: E402
+from flow_runs import FLOWS, FlowRun, run_to_end  # noqa: E402
 from netns_hosts import TestHosts  # noqa: E402
-from torchrun_nodes import MARKER_VAR, processes_with_marker  # noqa: E402
+from torchrun_nodes import MARKER_VAR, is_alive, kill_processes, processes_with_marker  # noqa: E402
 
 
 # ---- inside Metaflow's processes: the description and the pod runner ----
@@ -254,15 +254,7 @@ def _host_free(record_path: Path) -> bool:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
         return True
-    return not any(_alive(pid) for pid in record.get("pids", []))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    return not any(is_alive(pid) for pid in record.get("pids", []))
 
 
 def _claim_host(namespace: str, settings: Dict[str, Any], pod_pid: Optional[int]) -> None:
@@ -447,16 +439,7 @@ class Cluster:
             cwd=self.root, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        try:
-            output, _ = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill_all()
-            output, _ = process.communicate()
-            raise AssertionError(
-                f"{flow} {' '.join(command)} still ran after {timeout} s:\n"
-                + output.decode("utf-8", errors="replace")[-6000:]
-            ) from None
-        return FlowRun(process.returncode, output.decode("utf-8", errors="replace"))
+        return run_to_end(process, timeout, f"{flow} {' '.join(command)}", self.kill_all)
 
     def pod_logs(self) -> Dict[str, str]:
         """``{pod name: its output}`` of every pod started so far."""
@@ -476,7 +459,16 @@ class Cluster:
 
     def kill_all(self) -> None:
         """Kill every process of the flow runs and their pods (not the S3 server)."""
-        _kill(self.live_processes())
+        kill_processes(self.live_processes())
+
+    def assert_nothing_left(self, grace: float = 10.0) -> None:
+        """Fail if a process of the flow runs or their pods outlives ``grace`` seconds; kill it."""
+        deadline = time.monotonic() + grace
+        while self.live_processes() and time.monotonic() < deadline:
+            time.sleep(_POLL_SECONDS)
+        left = self.live_processes()
+        self.kill_all()
+        assert not left, f"processes left behind: {left}"
 
     def close(self) -> None:
         """Kill every process of the cluster (S3 server included), then remove the hosts."""
@@ -485,19 +477,11 @@ class Cluster:
             left = self.live_processes() + processes_with_marker(self._s3_marker)
             if not left:
                 break
-            _kill(left)
+            kill_processes(left)
             time.sleep(_POLL_SECONDS)
         if self._s3_log is not None:
             self._s3_log.close()
         self.hosts.__exit__(None, None, None)
-
-
-def _kill(pids: Sequence[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 _MAKE_BUCKET = """

@@ -82,33 +82,10 @@ class TorchrunDecorator(ParallelDecorator):
             requested_gpus=_requested_gpus(decorators),
         )
 
-    def task_pre_step(
-        self,
-        step_name,
-        task_datastore,
-        metadata,
-        run_id,
-        task_id,
-        flow,
-        graph,
-        retry_count,
-        max_user_code_retries,
-        ubf_context,
-        inputs,
-    ):
-        super().task_pre_step(
-            step_name,
-            task_datastore,
-            metadata,
-            run_id,
-            task_id,
-            flow,
-            graph,
-            retry_count,
-            max_user_code_retries,
-            ubf_context,
-            inputs,
-        )
+    def task_pre_step(self, step_name, task_datastore, metadata, run_id, task_id, flow, graph,
+                      retry_count, max_user_code_retries, ubf_context, inputs):
+        super().task_pre_step(step_name, task_datastore, metadata, run_id, task_id, flow, graph,
+                              retry_count, max_user_code_retries, ubf_context, inputs)
         from .launcher import TaskIdentity
 
         self._task = TaskIdentity(flow.name, str(run_id), step_name, str(task_id), int(retry_count))
