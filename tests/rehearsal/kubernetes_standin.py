@@ -56,8 +56,8 @@ def expand(text: str, variables: Callable[[str], Optional[str]]) -> str:
     """Kubernetes' ``$(VAR)`` expansion of env values, command and args.
 
     ``$(NAME)`` becomes NAME's value when ``variables(NAME)`` knows it and stays as
-    written otherwise; ``$$`` becomes ``$``; any other ``$`` is kept. A port of
-    ``third_party/forked/golang/expansion`` of Kubernetes.
+    written otherwise; ``$$`` becomes ``$``; any other ``$`` is kept: the rules of
+    Kubernetes' ``third_party/forked/golang/expansion``, written anew here.
     """
     out: List[str] = []
     cursor = 0
