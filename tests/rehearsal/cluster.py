@@ -195,19 +195,25 @@ class RunningPod:
         """Shell lines that make the pod's namespaces look like a container, then run it.
 
         The hostname; empty ``/mnt`` and ``/tmp`` of its own (``/tmp/mf-input-paths`` and
-        the per-rank logs are the pod's); its volumes; its own directory (which lies
-        below the machine's /tmp) staged in /mnt and put back at its path over the new
-        /tmp. gVisor refuses ``mount --move``, hence the staging.
+        the per-rank logs are the pod's); its volumes. What the pod needs from the
+        machine and may lie below the machine's /tmp (its own directory, and the pod
+        Python environment, which lives under the test venv wherever the checkout is)
+        is staged in /mnt and put back at its path over the new /tmp. gVisor refuses
+        ``mount --move``, hence the staging.
         """
-        pod_dir, stage = shlex.quote(str(self._pod_dir)), "/mnt/.pod"
-        lines = ["set -e", f"hostname {shlex.quote(self.spec.hostname)}",
-                 "mount -t tmpfs tmpfs /mnt", f"mkdir {stage}", f"mount --bind {pod_dir} {stage}"]
+        kept = [str(self._pod_dir), str(Path(self._settings["pod_python_bin"]).parent)]
+        stages = [f"/mnt/.keep{index}" for index in range(len(kept))]
+        lines = ["set -e", f"hostname {shlex.quote(self.spec.hostname)}", "mount -t tmpfs tmpfs /mnt"]
+        for path, stage in zip(kept, stages):
+            lines += [f"mkdir {stage}", f"mount --bind {shlex.quote(path)} {stage}"]
         for mount_path, name in self.spec.volumes.items():
             lines += [f"mkdir -p {shlex.quote(mount_path)}",
                       f"mount --bind {shlex.quote(str(self.volume(name)))} {shlex.quote(mount_path)}"]
-        lines += ["mount -t tmpfs tmpfs /tmp", f"mkdir -p {pod_dir}",
-                  f"mount --bind {stage} {pod_dir}", f"umount {stage}", f"rmdir {stage}",
-                  f"cd {shlex.quote(str(self._dirs['work']))}", 'exec "$@"']
+        lines.append("mount -t tmpfs tmpfs /tmp")
+        for path, stage in zip(kept, stages):
+            lines += [f"mkdir -p {shlex.quote(path)}", f"mount --bind {stage} {shlex.quote(path)}",
+                      f"umount {stage}", f"rmdir {stage}"]
+        lines += [f"cd {shlex.quote(str(self._dirs['work']))}", 'exec "$@"']
         return "\n".join(lines)
 
     def _start(self) -> None:
