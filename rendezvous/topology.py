@@ -1,4 +1,4 @@
-"""The one place that reads a node's place in the job from the environment.
+"""The one place that reads a node's place in the job from the environment, and writes it.
 
 Metaflow's ``@parallel`` support sets these variables on every node, locally,
 on Kubernetes and on AWS Batch; anyone may set them by hand to run
@@ -7,7 +7,7 @@ on Kubernetes and on AWS Batch; anyone may set them by hand to run
 
 import os
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Dict, Mapping, Optional
 
 NODE_INDEX_VAR = "MF_PARALLEL_NODE_INDEX"
 NUM_NODES_VAR = "MF_PARALLEL_NUM_NODES"
@@ -38,6 +38,24 @@ class Topology:
     @property
     def is_control(self) -> bool:
         return self.node_index == 0
+
+    def environment(self) -> Dict[str, str]:
+        """The variables that make ``read_topology`` return this topology.
+
+        For whoever starts nodes outside Metaflow's own launchers (the local
+        launcher of ``@torchrun``, benchmarks, tests); optional fields that are
+        None are left out.
+        """
+        env = {
+            NODE_INDEX_VAR: str(self.node_index),
+            NUM_NODES_VAR: str(self.num_nodes),
+            MAIN_IP_VAR: self.main_ip,
+        }
+        if self.control_task_id is not None:
+            env[CONTROL_TASK_ID_VAR] = self.control_task_id
+        if self.declared_port is not None:
+            env[DECLARED_PORT_VAR] = str(self.declared_port)
+        return env
 
 
 def _topology_error(message: str) -> Exception:
