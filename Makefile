@@ -27,4 +27,4 @@ test: venv
 	$(BIN)/python -m pytest tests
 
 bench: venv
-	bench/run_in_netns.sh $(BIN)/python bench/rendezvous_round.py
+	bench/run_in_netns.sh $(BIN)/python -m bench.rendezvous_round

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run one command inside a throwaway network namespace that has only loopback.
 #
-#   sudo bench/run_in_netns.sh python bench/rendezvous_round.py --nodes 2,8,32
+#   sudo bench/run_in_netns.sh python -m bench.rendezvous_round --nodes 2,8,32
 #
 # Why: every TCPStore connection makes reverse DNS lookups of the peer address,
 # on the client and on the server side, whatever the log level. Some resolvers
