@@ -3,7 +3,7 @@
 Use it where the package's entry point is not installed, as on the remote nodes
 of a Metaflow run, which receive the package inside Metaflow's code package.
 Errors of the backend end the program with their message and exit code 1
-instead of a traceback from inside torch.
+instead of a traceback from inside torch; ``outcome`` passes that message on.
 """
 
 import sys
@@ -18,6 +18,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     from . import register
     from .errors import MetaflowRendezvousError
+    from .outcome import report
 
     register()
     try:
@@ -27,7 +28,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         config, _, _ = config_from_args(parse_args(argv))
         _check_agent_settings(config)
     except (ValueError, AssertionError) as error:
-        print(f"metaflow rendezvous: bad torchrun arguments: {error}", file=sys.stderr)
+        report(f"bad torchrun arguments: {error}")
         sys.exit(2)
     try:
         torchrun_main(argv)
@@ -36,7 +37,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             # This node's workers failed too, but after another node's: show
             # their table, then the root cause last, where readers look.
             print(error.__context__.format_msg(), file=sys.stderr)
-        print(f"metaflow rendezvous: {type(error).__name__}: {error}", file=sys.stderr)
+        report(f"{type(error).__name__}: {error}")
         sys.exit(1)
     except ChildFailedError as error:
         # The table torchrun shows as the end of a traceback, without the traceback.
@@ -45,7 +46,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     except SignalException as stop:
         # SIGINT or SIGTERM from outside (Ctrl-C, a launcher stopping the job):
         # the agent already stopped its workers and told the other nodes.
-        print(f"metaflow rendezvous: stopped by {stop.sigval.name}", file=sys.stderr)
+        report(f"stopped by {stop.sigval.name}")
         sys.exit(128 + stop.sigval)
 
 

@@ -20,12 +20,12 @@ from torch.distributed.run import get_args_parser
 
 from flow_runs import FlowRunner, RunningFlow
 from metaflow_extensions.torchrun.plugins.command import (
-    entrypoint_argv,
     parse_torchrun_args,
     plan_launch,
     resolve_nproc_per_node,
 )
 from metaflow_extensions.torchrun.plugins.exceptions import TorchrunArgumentError
+from metaflow_extensions.torchrun.plugins.program import entrypoint_argv
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -102,7 +102,7 @@ def test_arguments_are_refused_clearly_or_reach_torchrun_as_planned(
     try:
         flags = parse_torchrun_args(torchrun_args)
         program_args = entrypoint_argv(entrypoint_args)
-        resolved = resolve_nproc_per_node(nproc, flags, attribute, gpus)
+        resolved = resolve_nproc_per_node(nproc, flags.nproc_per_node, attribute, gpus)
         plan = plan_launch(
             python="/venv/bin/python", num_nodes=2, nproc_per_node=resolved, rdzv_id=RDZV_ID,
             rdzv_endpoint=ENDPOINT, join_timeout=600, default_log_dir="/tmp/logs", flags=flags,
@@ -217,7 +217,7 @@ def test_run_in_a_real_flow_fails_clearly_or_runs_correctly(served, arguments):
     try:  # what run() checks before it starts anything
         flags = parse_torchrun_args(arguments.get("torchrun_args"))
         program_args = entrypoint_argv(arguments.get("entrypoint_args"))
-        nproc = resolve_nproc_per_node(arguments.get("nproc_per_node"), flags, None, 0)
+        nproc = resolve_nproc_per_node(arguments.get("nproc_per_node"), flags.nproc_per_node, None, 0)
         refusal = None
     except TorchrunArgumentError as error:
         refusal = str(error)
@@ -236,6 +236,5 @@ def test_run_in_a_real_flow_fails_clearly_or_runs_correctly(served, arguments):
     assert served.echoes(number) == [
         {"rank": rank, "world": world, "argv": program_args} for rank in range(world)]
     assert answer["exit_code"] == 0 and answer["restarts"] == 0
-    log_dirs = [value for name, value in flags if name.replace("_", "-") == "log-dir"]
-    if log_dirs:
-        assert answer["log_dir"] == str(served.runner.root / log_dirs[0])
+    if flags.log_dir is not None:
+        assert answer["log_dir"] == str(served.runner.root / flags.log_dir)

@@ -18,11 +18,9 @@ from metaflow_extensions.torchrun.plugins import worker_bootstrap
 from metaflow_extensions.torchrun.plugins.command import (
     LINE_PREFIX_TEMPLATE,
     MANAGED_FLAGS,
-    entrypoint_argv,
     parse_torchrun_args,
     plan_launch,
     rendezvous_id,
-    resolve_entrypoint,
     resolve_nproc_per_node,
 )
 from metaflow_extensions.torchrun.plugins.exceptions import (
@@ -30,11 +28,14 @@ from metaflow_extensions.torchrun.plugins.exceptions import (
     TorchrunNotEnabled,
 )
 from metaflow_extensions.torchrun.plugins.log_pump import LogPump
-from metaflow_extensions.torchrun.plugins.torchrun_decorator import (
+from metaflow_extensions.torchrun.plugins.program import entrypoint_argv, resolve_entrypoint
+from metaflow_extensions.torchrun.plugins.step_settings import (
     _checked_port,
     _checked_timeout,
     _requested_gpus,
 )
+from rendezvous.outcome import LINE_PREFIX, OUTCOME_FILE_VAR, read_outcome, report
+from rendezvous.topology import Topology, read_topology
 from torchrun_nodes import is_alive
 
 pytestmark = pytest.mark.timeout(60)
@@ -84,12 +85,12 @@ def test_a_value_reaches_the_program_exactly(key, value):
 
 
 def test_torchrun_args_dict_and_list_forms():
-    assert parse_torchrun_args({"max_restarts": 1, "monitor-interval": 0.5, "no_python": False,
-                                "standalone_like": True}) == [
+    assert list(parse_torchrun_args({"max_restarts": 1, "monitor-interval": 0.5, "no_python": False,
+                                     "standalone_like": True}).passed_on) == [
         ("max_restarts", "1"), ("monitor-interval", "0.5"), ("standalone_like", None)]
-    assert parse_torchrun_args(["--max-restarts", "2", "--monitor_interval=0.5", "--flag"]) == [
+    assert list(parse_torchrun_args(["--max-restarts", "2", "--monitor_interval=0.5", "--flag"]).passed_on) == [
         ("max-restarts", "2"), ("monitor_interval", "0.5"), ("flag", None)]
-    assert parse_torchrun_args(None) == []
+    assert list(parse_torchrun_args(None).passed_on) == []
 
 
 def test_the_same_flag_twice_in_two_spellings_is_refused():
@@ -136,24 +137,24 @@ def test_malformed_torchrun_args_are_refused(bad, message):
 
 def test_nproc_per_node_precedence():
     flags = parse_torchrun_args({"nproc_per_node": "3"})
-    assert resolve_nproc_per_node(4, [], 2, 8) == "4"
-    assert resolve_nproc_per_node(None, flags, 2, 8) == "3"
-    assert resolve_nproc_per_node(None, [], 2, 8) == "2"
-    assert resolve_nproc_per_node(None, [], None, 8) == "8"
-    assert resolve_nproc_per_node(None, [], None, 0) == "1"
-    assert resolve_nproc_per_node("auto", [], None, 0) == "auto"
-    assert resolve_nproc_per_node(None, [], "2", 0) == "2"
+    assert resolve_nproc_per_node(4, None, "2", 8) == "4"
+    assert resolve_nproc_per_node(None, flags.nproc_per_node, "2", 8) == "3"
+    assert resolve_nproc_per_node(None, None, "2", 8) == "2"
+    assert resolve_nproc_per_node(None, None, None, 8) == "8"
+    assert resolve_nproc_per_node(None, None, None, 0) == "1"
+    assert resolve_nproc_per_node("auto", None, None, 0) == "auto"
+    assert resolve_nproc_per_node(None, None, "2", 0) == "2"
 
 
 def test_nproc_per_node_given_twice_is_refused():
     with pytest.raises(TorchrunArgumentError, match="given twice"):
-        resolve_nproc_per_node(2, parse_torchrun_args(["--nproc-per-node", "2"]), None, 0)
+        resolve_nproc_per_node(2, parse_torchrun_args(["--nproc-per-node", "2"]).nproc_per_node, None, 0)
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, 1.5, "two", "", "0"])
 def test_bad_nproc_per_node_is_refused(bad):
     with pytest.raises(TorchrunArgumentError, match="at least 1, or 'auto'"):
-        resolve_nproc_per_node(bad, [], None, 0)
+        resolve_nproc_per_node(bad, None, None, 0)
 
 
 # identity, entrypoint, plan
@@ -220,7 +221,7 @@ def test_plan_builds_the_agent_command():
 def test_rdzv_conf_needs_key_value_pairs():
     with pytest.raises(TorchrunArgumentError, match="write key=value pairs"):
         plan_launch(
-            python="p", num_nodes=1, nproc_per_node="1", rdzv_id="x", rdzv_endpoint=None,
+            python="p", num_nodes=1, nproc_per_node="1", rdzv_id="x", rdzv_endpoint="127.0.0.1",
             join_timeout=1, default_log_dir="/l", flags=parse_torchrun_args({"rdzv_conf": "oops"}),
             bootstrap="b", entry=("script", "t", "d"), program_args=[],
         )
@@ -438,3 +439,34 @@ def test_child_dies_with_its_parent(tmp_path):
     while is_alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not is_alive(child)
+
+
+# what the agent, the workers and the local launcher hand over
+
+
+def test_topology_environment_reads_back_as_the_same_topology():
+    for topology in (Topology(1, 3, "10.0.0.5"), Topology(0, 2, "::1", "7", 29500)):
+        assert read_topology(topology.environment()) == topology
+
+
+def test_the_agent_outcome_reaches_the_launcher(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "outcome.json"
+    assert read_outcome(str(path)) is None
+    monkeypatch.setenv(OUTCOME_FILE_VAR, str(path))
+    report("JobFailedError: node 1 failed first")
+    assert read_outcome(str(path)) == "JobFailedError: node 1 failed first"
+    assert capsys.readouterr().err == f"{LINE_PREFIX}JobFailedError: node 1 failed first\n"
+
+
+def test_the_launcher_reads_the_error_files_the_bootstrap_writes(tmp_path, monkeypatch):
+    attempt = tmp_path / "attempt_0"
+    for local_rank in (0, 1):  # rank 0 first: its timestamp is never the later one
+        (attempt / str(local_rank)).mkdir(parents=True)
+        monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(attempt / str(local_rank) / "error.json"))
+        monkeypatch.setenv("RANK", str(4 + local_rank))
+        worker_bootstrap._record_error(ValueError(f"bad {local_rank}"), f"trace {local_rank}")
+    (attempt / "2").mkdir()
+    (attempt / "2" / "error.json").write_text('{"written by": "the program"}')
+    assert worker_bootstrap.first_error(str(attempt)) == worker_bootstrap.WorkerError(
+        local_rank=0, rank="4", message="ValueError: bad 0", traceback="trace 0")
+    assert worker_bootstrap.first_error(str(tmp_path / "attempt_1")) is None

@@ -1,8 +1,10 @@
 """The one place that turns ``current.torch.run`` arguments into a torchrun command.
 
-Pure functions: they check the user's input and build the agent's argv and
-environment, and launch nothing, so they are tested without torch or Metaflow
-running. Every check fails with ``TorchrunArgumentError`` before anything starts.
+Pure functions (``plan_launch`` only makes the log directory absolute): they
+check the user's input and build the agent's argv and environment, and launch
+nothing, so they are tested without torch or Metaflow running. Every check
+fails with ``TorchrunArgumentError`` before anything starts. The program and
+its arguments come checked from ``program``.
 """
 
 import os
@@ -10,9 +12,11 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .exceptions import TorchrunArgumentError
+import rendezvous
 
-ArgsSpec = Union[Mapping[str, object], Sequence[object], None]
+from .exceptions import TorchrunArgumentError
+from .program import ArgsSpec, Entrypoint, check_command_line_text
+
 NprocSpec = Union[int, str, None]
 Flag = Tuple[str, Optional[str]]  # (name as written without dashes, value or None for a bare flag)
 
@@ -46,14 +50,15 @@ _NPROC = "nproc-per-node"
 _RDZV_CONF = "rdzv-conf"
 _LOG_DIR = "log-dir"
 _JOIN_TIMEOUT = "join_timeout"
+# torchrun flags that run() reads into TorchrunFlags and combines with its own.
+_HANDLED = (_NPROC, _RDZV_CONF, _LOG_DIR)
 # torchrun's parser expands an unambiguous abbreviation (--nnode is --nnodes):
 # one of these flags, which run() refuses or handles itself, must be written
 # in full so that the checks above see it.
-_ABBREVIATED = (*MANAGED_FLAGS, _NPROC, _RDZV_CONF, _LOG_DIR)
+_ABBREVIATED = (*MANAGED_FLAGS, *_HANDLED)
 # A name that torchrun reads as one flag: no "=", space or bare "--" in it.
 _FLAG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _WHOLE_NUMBER = re.compile(r"[0-9]+")
-_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 def canonical_flag(name: str) -> str:
@@ -61,61 +66,25 @@ def canonical_flag(name: str) -> str:
     return name.lstrip("-").replace("_", "-")
 
 
-def entrypoint_argv(entrypoint_args: ArgsSpec) -> List[str]:
-    """The program's own arguments.
+@dataclass(frozen=True)
+class TorchrunFlags:
+    """``torchrun_args``, parsed and checked once: the flags run() handles itself, and the rest.
 
-    A mapping becomes ``--key value`` in order: ``True`` is a bare ``--key``,
-    ``False`` and ``None`` are left out, a list or tuple gives ``--key v1 v2``.
-    Values go through ``str()`` and nothing else. A sequence is passed as given.
+    Attributes:
+        passed_on: the flags torchrun gets as given, in order.
+        nproc_per_node: ``--nproc-per-node``, checked (a whole number or
+            ``"auto"``), or None.
+        rdzv_conf: ``--rdzv-conf`` as ``(key, value)`` pairs, or empty.
+        log_dir: ``--log-dir`` as given, or None.
     """
-    if entrypoint_args is None:
-        return []
-    if isinstance(entrypoint_args, Mapping):
-        argv: List[str] = []
-        for key, value in entrypoint_args.items():
-            if not isinstance(key, str) or not key.strip("-"):
-                raise TorchrunArgumentError(
-                    f"entrypoint_args key {key!r} is not an option name: use strings like "
-                    f"'epochs' (which becomes --epochs)."
-                )
-            if value is None or value is False:
-                continue
-            flag = "--" + key.lstrip("-")
-            if value is True:
-                argv.append(flag)
-            elif isinstance(value, (list, tuple)):
-                argv.extend([flag, *map(str, value)])
-            else:
-                argv.extend([flag, str(value)])
-    elif isinstance(entrypoint_args, (str, bytes)) or not isinstance(entrypoint_args, Sequence):
-        raise TorchrunArgumentError(
-            f"entrypoint_args must be a dict (becomes --key value) or a list of arguments, "
-            f"not {type(entrypoint_args).__name__}: {entrypoint_args!r}."
-        )
-    else:
-        argv = [str(item) for item in entrypoint_args]
-    for arg in argv:
-        _check_command_line_text(arg, "entrypoint_args")
-    return argv
+
+    passed_on: Tuple[Flag, ...] = ()
+    nproc_per_node: Optional[str] = None
+    rdzv_conf: Tuple[Tuple[str, str], ...] = ()
+    log_dir: Optional[str] = None
 
 
-def _check_command_line_text(text: Optional[str], where: str) -> None:
-    """Refuse what no command line can carry: NUL, or text the file system encoding cannot encode."""
-    if text is None:
-        return
-    if "\0" in text:
-        raise TorchrunArgumentError(
-            f"{where}: {text!r} holds a NUL character, which no command line can carry."
-        )
-    try:
-        os.fsencode(text)
-    except UnicodeError as error:
-        raise TorchrunArgumentError(
-            f"{where}: {text!r} cannot go on a command line ({error.reason})."
-        ) from None
-
-
-def parse_torchrun_args(torchrun_args: ArgsSpec) -> List[Flag]:
+def parse_torchrun_args(torchrun_args: ArgsSpec) -> TorchrunFlags:
     """Extra torchrun flags from a mapping or a list of command-line tokens.
 
     A mapping ``{"max_restarts": 1}`` gives ``--max_restarts=1`` (``True`` a
@@ -124,6 +93,31 @@ def parse_torchrun_args(torchrun_args: ArgsSpec) -> List[Flag]:
     Flags that run() manages are refused, saying why, and so are abbreviations
     that torchrun would expand into one of them or into a flag run() handles.
     """
+    flags = _flags_as_written(torchrun_args)
+    _check_flags(flags)
+    handled: Dict[str, str] = {}
+    passed_on: List[Flag] = []
+    for name, value in flags:
+        canonical = canonical_flag(name)
+        if canonical not in _HANDLED:
+            passed_on.append((name, value))
+        elif value is None:
+            raise TorchrunArgumentError(f"torchrun_args --{name} needs a value.")
+        else:
+            handled[canonical] = value
+    nproc = handled.get(_NPROC)
+    return TorchrunFlags(
+        passed_on=tuple(passed_on),
+        nproc_per_node=None if nproc is None else check_nproc_per_node(
+            nproc, "torchrun_args nproc_per_node"
+        ),
+        rdzv_conf=_parse_rdzv_conf(handled[_RDZV_CONF]) if _RDZV_CONF in handled else (),
+        log_dir=handled.get(_LOG_DIR),
+    )
+
+
+def _flags_as_written(torchrun_args: ArgsSpec) -> List[Flag]:
+    """``torchrun_args`` as ``(name, value)`` pairs in order, names without their dashes."""
     if torchrun_args is None:
         return []
     flags: List[Flag] = []
@@ -168,6 +162,12 @@ def parse_torchrun_args(torchrun_args: ArgsSpec) -> List[Flag]:
             else:
                 flags.append((name.lstrip("-"), None))
             index += 1
+    return flags
+
+
+def _check_flags(flags: Sequence[Flag]) -> None:
+    """Refuse managed flags, abbreviations torchrun would expand, text no command line
+    carries, and a flag given twice."""
     seen: Dict[str, str] = {}
     for name, value in flags:
         canonical = canonical_flag(name)
@@ -181,14 +181,13 @@ def parse_torchrun_args(torchrun_args: ArgsSpec) -> List[Flag]:
                 f"torchrun_args: torchrun would read --{name} as "
                 f"{' or '.join('--' + flag for flag in expanded)}; write the flag in full."
             )
-        _check_command_line_text(value, f"torchrun_args --{name}")
+        check_command_line_text(value, f"torchrun_args --{name}")
         if canonical in seen:
             raise TorchrunArgumentError(
                 f"torchrun_args sets --{canonical} twice (as --{seen[canonical]} and "
                 f"--{name}); keep one."
             )
         seen[canonical] = name
-    return flags
 
 
 def whole_number(text: str) -> Optional[int]:
@@ -221,22 +220,26 @@ def check_nproc_per_node(value: object, where: str) -> str:
 
 
 def resolve_nproc_per_node(
-    argument: NprocSpec, flags: Sequence[Flag], attribute: NprocSpec, requested_gpus: int
+    argument: NprocSpec, from_flags: Optional[str], attribute: Optional[str], requested_gpus: int
 ) -> str:
     """Processes per node: the argument (or ``--nproc-per-node`` in torchrun_args), else the
-    decorator attribute, else the GPUs requested for the step, else 1."""
-    from_flags = [value for name, value in flags if canonical_flag(name) == _NPROC]
-    if argument is not None and from_flags:
+    decorator attribute, else the GPUs requested for the step, else 1.
+
+    ``from_flags`` (``TorchrunFlags.nproc_per_node``) and ``attribute``
+    (``StepSettings.nproc_per_node``) were checked where they were read; the
+    argument is checked here.
+    """
+    if argument is not None and from_flags is not None:
         raise TorchrunArgumentError(
             f"nproc_per_node is given twice: as run(nproc_per_node={argument!r}) and in "
-            f"torchrun_args ({from_flags[0]!r}); keep one."
+            f"torchrun_args ({from_flags!r}); keep one."
         )
     if argument is not None:
         return check_nproc_per_node(argument, "nproc_per_node")
-    if from_flags:
-        return check_nproc_per_node(from_flags[0], "torchrun_args nproc_per_node")
+    if from_flags is not None:
+        return from_flags
     if attribute is not None:
-        return check_nproc_per_node(attribute, "@torchrun(nproc_per_node)")
+        return attribute
     return str(requested_gpus) if requested_gpus > 0 else "1"
 
 
@@ -247,52 +250,7 @@ def rendezvous_id(
     return f"{flow}-{run_id}-{step}-{control_task_id}-a{attempt}-c{call}"
 
 
-def resolve_entrypoint(
-    entrypoint: Optional[str], module: Optional[str], flow_dir: str
-) -> Tuple[str, str, str]:
-    """``(kind, target, search_dir)`` for the worker bootstrap.
-
-    A script path is taken relative to the flow file's directory unless
-    absolute, and must exist. A module name must be a dotted name whose top
-    package or module is found in the flow's directory or on ``sys.path``.
-    """
-    if (entrypoint is None) == (module is None):
-        raise TorchrunArgumentError(
-            "give exactly one of entrypoint='train.py' (a script) or module='pkg.train' "
-            "(run like python -m pkg.train)."
-        )
-    if module is not None:
-        if not isinstance(module, str) or not _MODULE_NAME.match(module):
-            raise TorchrunArgumentError(
-                f"module={module!r} is not a dotted module name such as 'pkg.train'."
-            )
-        top = module.split(".")[0]
-        import importlib.machinery
-        import sys
-
-        if importlib.machinery.PathFinder.find_spec(top, [flow_dir, *sys.path]) is None:
-            raise TorchrunArgumentError(
-                f"module={module!r}: no module or package {top!r} in the flow's directory "
-                f"{flow_dir} or on sys.path. Put it next to the flow file (Metaflow packages "
-                f"that directory for remote runs) or install it."
-            )
-        return "module", module, flow_dir
-    if not isinstance(entrypoint, (str, os.PathLike)):
-        raise TorchrunArgumentError(
-            f"entrypoint must be the path of a script, not {type(entrypoint).__name__}: "
-            f"{entrypoint!r}."
-        )
-    path = os.path.normpath(os.path.join(flow_dir, os.fspath(entrypoint)))
-    if not os.path.isfile(path):
-        raise TorchrunArgumentError(
-            f"entrypoint {os.fspath(entrypoint)!r} not found: looked for {path} (relative "
-            f"paths start at the flow file's directory {flow_dir}). Keep the script next to "
-            f"the flow file so that Metaflow's code package carries it to remote nodes."
-        )
-    return "script", path, os.path.dirname(path)
-
-
-def _parse_rdzv_conf(text: str) -> Dict[str, str]:
+def _parse_rdzv_conf(text: str) -> Tuple[Tuple[str, str], ...]:
     conf: Dict[str, str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, equals, value = item.partition("=")
@@ -302,7 +260,7 @@ def _parse_rdzv_conf(text: str) -> Dict[str, str]:
                 f"e.g. 'heartbeat_timeout=30'."
             )
         conf[key.strip()] = value.strip()
-    return conf
+    return tuple(conf.items())
 
 
 @dataclass(frozen=True)
@@ -313,14 +271,12 @@ class LaunchPlan:
     num_nodes: int
     nproc_per_node: str
     rdzv_id: str
-    rdzv_endpoint: Optional[str]
+    rdzv_endpoint: str
     rdzv_conf: Tuple[Tuple[str, str], ...]
     log_dir: str
     flags: Tuple[Flag, ...]
     bootstrap: str
-    kind: str
-    target: str
-    search_dir: str
+    entry: Entrypoint
     program_args: Tuple[str, ...]
 
     @property
@@ -337,20 +293,18 @@ class LaunchPlan:
             self.python,
             "-u",  # the agent's tailer lines must reach us as they come
             "-m",
-            "rendezvous",
+            rendezvous.__name__,
             *(f"--{name}" if value is None else f"--{name}={value}" for name, value in self.flags),
             f"--nnodes={self.num_nodes}",
             f"--nproc-per-node={self.nproc_per_node}",
-            "--rdzv-backend=metaflow",
+            f"--rdzv-backend={rendezvous.BACKEND_NAME}",
             f"--rdzv-id={self.rdzv_id}",
-            *([f"--rdzv-endpoint={self.rdzv_endpoint}"] if self.rdzv_endpoint else []),
+            f"--rdzv-endpoint={self.rdzv_endpoint}",
             f"--rdzv-conf={conf}",
             f"--log-dir={self.log_dir}",
             "--tee=3",
             self.bootstrap,
-            self.kind,
-            self.target,
-            self.search_dir,
+            *self.entry,
             *self.program_args,
         ]
 
@@ -367,36 +321,21 @@ def plan_launch(
     num_nodes: int,
     nproc_per_node: str,
     rdzv_id: str,
-    rdzv_endpoint: Optional[str],
+    rdzv_endpoint: str,
     join_timeout: float,
     default_log_dir: str,
-    flags: Sequence[Flag],
+    flags: TorchrunFlags,
     bootstrap: str,
-    entry: Tuple[str, str, str],
+    entry: Entrypoint,
     program_args: Sequence[str],
 ) -> LaunchPlan:
     """Combine checked inputs into a plan.
 
-    ``--nproc-per-node`` in ``flags`` was already resolved; ``--rdzv-conf``
-    keys are merged over ``join_timeout`` (a user's ``join_timeout`` wins);
-    ``--log-dir`` replaces ``default_log_dir``.
+    ``nproc_per_node`` was already resolved (``flags.nproc_per_node`` among
+    its sources); ``flags.rdzv_conf`` is merged over ``join_timeout`` (a
+    user's ``join_timeout`` wins); ``flags.log_dir`` replaces ``default_log_dir``.
     """
-    rdzv_conf = {_JOIN_TIMEOUT: f"{join_timeout:g}"}
-    log_dir = default_log_dir
-    rest: List[Flag] = []
-    for name, value in flags:
-        canonical = canonical_flag(name)
-        if canonical == _NPROC:
-            continue
-        if canonical in (_RDZV_CONF, _LOG_DIR) and value is None:
-            raise TorchrunArgumentError(f"torchrun_args --{name} needs a value.")
-        if canonical == _RDZV_CONF:
-            rdzv_conf.update(_parse_rdzv_conf(value))
-        elif canonical == _LOG_DIR:
-            log_dir = value
-        else:
-            rest.append((name, value))
-    kind, target, search_dir = entry
+    rdzv_conf = {_JOIN_TIMEOUT: f"{join_timeout:g}", **dict(flags.rdzv_conf)}
     return LaunchPlan(
         python=python,
         num_nodes=num_nodes,
@@ -404,11 +343,9 @@ def plan_launch(
         rdzv_id=rdzv_id,
         rdzv_endpoint=rdzv_endpoint,
         rdzv_conf=tuple(rdzv_conf.items()),
-        log_dir=os.path.abspath(log_dir),
-        flags=tuple(rest),
+        log_dir=os.path.abspath(default_log_dir if flags.log_dir is None else flags.log_dir),
+        flags=flags.passed_on,
         bootstrap=bootstrap,
-        kind=kind,
-        target=target,
-        search_dir=search_dir,
+        entry=entry,
         program_args=tuple(program_args),
     )

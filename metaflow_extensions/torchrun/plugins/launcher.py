@@ -3,11 +3,11 @@
 Every node of a ``@torchrun`` step calls ``current.torch.run`` with the same
 arguments; each starts one agent, ``python -m rendezvous`` (torchrun with the
 ``metaflow`` backend), and the backend forms the job from the Metaflow nodes.
+This module plans the call (``command``), starts and supervises the agent, and
+leaves the reading of a failure to ``post_mortem``.
 """
 
 import functools
-import glob
-import json
 import os
 import signal
 import subprocess
@@ -15,28 +15,18 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
+from typing import Optional
 
-from . import worker_bootstrap
-from .command import (
-    ArgsSpec,
-    LaunchPlan,
-    NprocSpec,
-    entrypoint_argv,
-    parse_torchrun_args,
-    plan_launch,
-    rendezvous_id,
-    resolve_entrypoint,
-    resolve_nproc_per_node,
-)
-from .exceptions import TorchrunArgumentError, TorchrunFailed
+from rendezvous.outcome import OUTCOME_FILE_VAR, read_outcome
+from rendezvous.topology import Topology, read_topology
+
+from . import post_mortem, worker_bootstrap
+from .command import LaunchPlan, NprocSpec, parse_torchrun_args, plan_launch, resolve_nproc_per_node
+from .exceptions import TorchrunArgumentError
+from .local_nodes import LocalNodes, NodeFailure
 from .log_pump import LogPump
-
-if TYPE_CHECKING:
-    from rendezvous.topology import Topology
-
-# (node index, what happened): another node of a local run that died.
-PeerFailure = Tuple[int, str]
+from .program import ArgsSpec, entrypoint_argv, resolve_entrypoint
+from .step_settings import StepSettings, TaskIdentity
 
 _POLL_SECONDS = 0.1
 # After another local node died, how long the agent may take to stop on its own:
@@ -47,8 +37,6 @@ _PEER_GRACE_SECONDS = 5.0
 # torch gives workers 30 s to stop after SIGTERM, and node 0 waits up to 5 s for
 # the other nodes to close the rendezvous; past that the agent is killed.
 _AGENT_STOP_GRACE_SECONDS = 40.0
-_TRACEBACK_LINES = 20
-_BACKEND_LINE_PREFIX = "metaflow rendezvous: "
 
 
 @dataclass(frozen=True)
@@ -70,32 +58,11 @@ class TorchrunResult:
     log_dir: str
 
 
-@dataclass(frozen=True)
-class StepSettings:
-    """The ``@torchrun`` attributes and step facts ``run`` starts from, checked by the decorator."""
-
-    nproc_per_node: NprocSpec
-    master_port: Optional[int]
-    join_timeout: float
-    requested_gpus: int
-
-
-@dataclass(frozen=True)
-class TaskIdentity:
-    """Names of the Metaflow task; with the call number they make the rendezvous id."""
-
-    flow: str
-    run_id: str
-    step: str
-    task_id: str
-    attempt: int
-
-
 class TorchrunLauncher:
     """``current.torch`` in a ``@torchrun`` step; the decorator builds one per task.
 
-    ``peer_failure`` tells, on node 0 of a local run, whether another node's
-    task died, so that ``run`` stops at once instead of waiting for it to join.
+    ``local_nodes``, on node 0 of a local run, are the other nodes: ``run``
+    stops at once when one of them dies instead of waiting for it to join.
     """
 
     def __init__(
@@ -103,12 +70,12 @@ class TorchrunLauncher:
         task: TaskIdentity,
         flow_dir: str,
         settings: StepSettings,
-        peer_failure: Callable[[], Optional[PeerFailure]] = lambda: None,
+        local_nodes: Optional[LocalNodes] = None,
     ):
         self._task = task
         self._flow_dir = flow_dir
         self._settings = settings
-        self._peer_failure = peer_failure
+        self._local_nodes = local_nodes
         self._calls = 0
 
     def run(
@@ -162,19 +129,15 @@ class TorchrunLauncher:
         flags = parse_torchrun_args(torchrun_args)
         program_args = entrypoint_argv(entrypoint_args)
         nproc = resolve_nproc_per_node(
-            nproc_per_node, flags, self._settings.nproc_per_node, self._settings.requested_gpus
+            nproc_per_node,
+            flags.nproc_per_node,
+            self._settings.nproc_per_node,
+            self._settings.requested_gpus,
         )
         entry = resolve_entrypoint(entrypoint, module, self._flow_dir)
         topology = _read_topology()
         self._calls += 1
-        rdzv_id = rendezvous_id(
-            self._task.flow,
-            self._task.run_id,
-            self._task.step,
-            topology.control_task_id or self._task.task_id,
-            self._task.attempt,
-            self._calls,
-        )
+        rdzv_id = self._task.rendezvous_id(topology.control_task_id, self._calls)
         port = self._settings.master_port
         plan = plan_launch(
             python=sys.executable,
@@ -206,10 +169,18 @@ class TorchrunLauncher:
                 f"{error.strerror or error}. Choose a writable one with "
                 f"torchrun_args={{'log_dir': ...}}."
             ) from None
+        with tempfile.TemporaryDirectory(prefix="torchrun-agent-") as scratch:
+            return self._supervise(plan, node_index, os.path.join(scratch, "outcome.json"))
+
+    def _supervise(self, plan: LaunchPlan, node_index: int, outcome_path: str) -> TorchrunResult:
+        """Run the agent to its end, stopping it if a local peer died; say how it ended.
+
+        The backend writes its summary to ``outcome_path`` when it ends the agent.
+        """
         started = time.monotonic()
         agent = subprocess.Popen(
             plan.command,
-            env=plan.environment(os.environ),
+            env={**plan.environment(os.environ), OUTCOME_FILE_VAR: outcome_path},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -219,7 +190,7 @@ class TorchrunLauncher:
             ),
         )
         pump = LogPump([agent.stdout, agent.stderr], [sys.stdout, sys.stderr]).start()
-        peer_failure: Optional[PeerFailure] = None
+        peer_failure: Optional[NodeFailure] = None
         stop_at = float("inf")
         stopped_for_peer = False
         try:
@@ -229,8 +200,8 @@ class TorchrunLauncher:
                     break
                 except subprocess.TimeoutExpired:
                     pass
-                if peer_failure is None:
-                    peer_failure = self._peer_failure()
+                if peer_failure is None and self._local_nodes is not None:
+                    peer_failure = self._local_nodes.failure()
                     if peer_failure is not None:
                         stop_at = time.monotonic() + _PEER_GRACE_SECONDS
                 elif not stopped_for_peer and time.monotonic() >= stop_at:
@@ -243,20 +214,22 @@ class TorchrunLauncher:
         wall_time = time.monotonic() - started
         if returncode != 0 or peer_failure is not None:
             # When we stopped the agent, its last words are about that stop.
-            agent_stderr = [] if stopped_for_peer else pump.tail(1)
-            raise _failure(plan, node_index, returncode, agent_stderr, peer_failure)
-        attempts = glob.glob(os.path.join(plan.log_dir, f"{plan.rdzv_id}_*", "attempt_*"))
+            if stopped_for_peer:
+                backend_summary, agent_stderr = None, []
+            else:
+                backend_summary, agent_stderr = read_outcome(outcome_path), pump.tail(1)
+            raise post_mortem.failure(
+                plan, node_index, returncode, backend_summary, agent_stderr, peer_failure
+            )
         return TorchrunResult(
             exit_code=returncode,
             wall_time=wall_time,
-            restarts=max(0, len(attempts) - 1),
+            restarts=max(0, len(post_mortem.attempt_dirs(plan)) - 1),
             log_dir=plan.log_dir,
         )
 
 
-def _read_topology() -> "Topology":
-    from rendezvous.topology import read_topology
-
+def _read_topology() -> Topology:
     try:
         return read_topology()
     except ValueError as error:  # rendezvous.errors.TopologyError
@@ -273,83 +246,3 @@ def _stop(agent: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         agent.kill()  # its workers die with it (worker_bootstrap.die_with_parent)
         agent.wait()
-
-
-def _failure(
-    plan: LaunchPlan,
-    node_index: int,
-    returncode: int,
-    agent_stderr: List[str],
-    peer_failure: Optional[PeerFailure],
-) -> TorchrunFailed:
-    """Say what failed first, from the most specific source at hand.
-
-    The backend's last line names the first failing node and rank; this node's
-    error files hold a local rank's traceback; a local peer that died is named
-    by the local launcher; otherwise the agent's last lines (torchrun's failure
-    table) say what happened.
-    """
-    backend_lines = [line for line in agent_stderr if line.startswith(_BACKEND_LINE_PREFIX)]
-    if backend_lines:  # the rendezvous failed, or another node failed first
-        return TorchrunFailed(
-            backend_lines[-1][len(_BACKEND_LINE_PREFIX):],
-            log_dir=plan.log_dir,
-            returncode=returncode,
-            hint="The failing node's own log has its full output.",
-        )
-    error = _first_worker_error(plan)
-    if error is not None:
-        local_rank, rank, message, traceback_text = error
-        tail = "\n".join(traceback_text.rstrip().splitlines()[-_TRACEBACK_LINES:])
-        who = f"global rank {rank} (node {node_index}, local rank {local_rank})" if rank else (
-            f"local rank {local_rank} of node {node_index}"  # an error file without our rank
-        )
-        return TorchrunFailed(
-            f"{who} failed with exit code 1: {message}",
-            traceback_tail=tail,
-            log_dir=plan.log_dir,
-            returncode=returncode,
-            node_index=node_index,
-        )
-    if peer_failure is not None:
-        node, summary = peer_failure
-        return TorchrunFailed(summary, log_dir=plan.log_dir, returncode=returncode, node_index=node)
-    return TorchrunFailed(
-        f"torchrun on node {node_index} exited with code {returncode}; its last output "
-        f"(torchrun's failure table names the rank, its exit code or signal):",
-        traceback_tail="\n".join(agent_stderr[-_TRACEBACK_LINES:]),
-        log_dir=plan.log_dir,
-        returncode=returncode,
-        node_index=node_index,
-    )
-
-
-def _first_worker_error(plan: LaunchPlan) -> Optional[Tuple[int, str, str, str]]:
-    """``(local rank, global rank or "", message, traceback)`` of the earliest error file
-    of the latest attempt on this node, or None when no worker left one."""
-    attempts = glob.glob(os.path.join(plan.log_dir, f"{plan.rdzv_id}_*", "attempt_*"))
-    if not attempts:
-        return None
-    latest = max(attempts, key=lambda path: int(path.rsplit("_", 1)[1]))
-    found = []
-    for path in glob.glob(os.path.join(latest, "*", "error.json")):
-        try:
-            with open(path) as error_file:
-                content = json.load(error_file)["message"]
-            extra = content.get("extraInfo", {})
-            local_rank = int(os.path.basename(os.path.dirname(path)))
-            found.append(
-                (
-                    int(extra.get("timestamp", 0)),
-                    local_rank,
-                    extra.get("rank", ""),
-                    content.get("message", ""),
-                    extra.get("py_callstack", ""),
-                )
-            )
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue  # a file torch or the program wrote in another layout
-    if not found:
-        return None
-    _, local_rank, rank, message, traceback_text = min(found)
-    return local_rank, str(rank), message, traceback_text

@@ -8,22 +8,39 @@ them with the interpreter running node 0 (``sys.executable``), lets node 0's
 step ends early, and makes each die with node 0 if node 0 is killed.
 """
 
+import dataclasses
 import functools
 import os
 import signal
 import subprocess
 import sys
 import time
-from typing import Callable, List, Optional
+from dataclasses import dataclass
+from typing import List, Optional
+
+from metaflow import current
+from metaflow.cli_args import cli_args
+from metaflow.unbounded_foreach import UBF_TASK
+
+from rendezvous.topology import Topology
 
 from .exceptions import TorchrunFailed
-from .launcher import PeerFailure
 from .worker_bootstrap import die_with_parent
 
 _POLL_SECONDS = 0.1
 # A node that is asked to stop (SIGINT) stops its own torchrun agent first,
 # which may take up to 40 s (see launcher._AGENT_STOP_GRACE_SECONDS).
 _NODE_STOP_GRACE_SECONDS = 45.0
+# Every node of a local run is on this machine.
+_MAIN_IP = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class NodeFailure:
+    """Another node of a local run that ended with an error while node 0 was running."""
+
+    node_index: int
+    summary: str
 
 
 class LocalNode:
@@ -38,7 +55,7 @@ class LocalNode:
             preexec_fn=functools.partial(die_with_parent, signal.SIGTERM, os.getpid()),
         )
 
-    def failure(self) -> Optional[PeerFailure]:
+    def failure(self) -> Optional[NodeFailure]:
         code = self.process.poll()
         if not code:
             return None
@@ -46,7 +63,7 @@ class LocalNode:
             how = f"was killed by {signal.Signals(-code).name}"
         else:
             how = f"exited with code {code}"
-        return (
+        return NodeFailure(
             self.node_index,
             f"node {self.node_index} (task {self.task_id}) {how} while node 0 was running; "
             f"its output is in this task's log above.",
@@ -54,12 +71,56 @@ class LocalNode:
 
 
 class LocalNodes:
-    """The control task's view of the other nodes: start, watch, wait, stop."""
+    """The control task's other nodes: start, watch, wait, stop.
 
-    def __init__(self, nodes: List[LocalNode]):
-        self.nodes = nodes
+    Use it as a context manager: leaving the block stops the nodes still
+    running, whether node 0's step succeeded, failed or was interrupted.
+    """
 
-    def failure(self) -> Optional[PeerFailure]:
+    def __init__(self) -> None:
+        self.nodes: List[LocalNode] = []
+
+    def __enter__(self) -> "LocalNodes":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def start(self, flow, retry_count: int, input_paths: str) -> None:
+        """Start nodes 1..N-1 of the step as Metaflow task processes; this process is node 0.
+
+        Sets this process's ``MF_PARALLEL_*`` variables (node 0's topology),
+        which the other nodes inherit with their own index, and the task list
+        that the join step reads.
+        """
+        control_task_id = str(current.task_id)
+        topology = Topology(0, flow._parallel_ubf_iter.num_parallel, _MAIN_IP, control_task_id)
+        os.environ.update(topology.environment())
+        task_ids = [control_task_id]
+        for node_index in range(1, topology.num_nodes):
+            task_id = f"{control_task_id}_node_{node_index}"
+            task_ids.append(task_id)
+            step_kwargs = dict(
+                cli_args.step_kwargs,
+                split_index=str(node_index),
+                run_id=current.run_id,
+                task_id=task_id,
+                input_paths=input_paths,
+                ubf_context=UBF_TASK,
+                retry_count=str(retry_count),
+            )
+            command = cli_args.step_command(
+                sys.executable, sys.argv[0], current.step_name, step_kwargs=step_kwargs
+            )
+            node = dataclasses.replace(topology, node_index=node_index)
+            env = dict(os.environ, **node.environment())
+            self.nodes.append(LocalNode(node_index, task_id, command, env))
+        # The join step finds every node's task through this list.
+        flow._control_mapper_tasks = [
+            f"{current.run_id}/{current.step_name}/{task_id}" for task_id in task_ids
+        ]
+
+    def failure(self) -> Optional[NodeFailure]:
         """The first node found dead with an error, or None."""
         for node in self.nodes:
             failure = node.failure()
@@ -77,7 +138,7 @@ class LocalNodes:
     def _raise_if_failed(self) -> None:
         failure = self.failure()
         if failure is not None:
-            raise TorchrunFailed(failure[1], node_index=failure[0])
+            raise TorchrunFailed(failure.summary, node_index=failure.node_index)
 
     def stop(self) -> None:
         """Interrupt the nodes still running (they stop their agents), kill them if they hang."""
@@ -91,57 +152,3 @@ class LocalNodes:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-
-def run_control_task(
-    flow,
-    step_func: Callable[[], None],
-    retry_count: int,
-    input_paths: str,
-    on_start: Callable[[LocalNodes], None],
-) -> None:
-    """Run a local ``@parallel`` control task: start nodes 1..N-1, run node 0's step, wait.
-
-    ``on_start`` receives the started nodes before node 0's step runs, so that
-    its ``current.torch`` can watch them.
-    """
-    from metaflow import current
-    from metaflow.cli_args import cli_args
-    from metaflow.unbounded_foreach import UBF_TASK
-
-    num_nodes = flow._parallel_ubf_iter.num_parallel
-    control_task_id = str(current.task_id)
-    os.environ["MF_PARALLEL_NUM_NODES"] = str(num_nodes)
-    os.environ["MF_PARALLEL_MAIN_IP"] = "127.0.0.1"
-    os.environ["MF_PARALLEL_CONTROL_TASK_ID"] = control_task_id
-    os.environ["MF_PARALLEL_NODE_INDEX"] = "0"
-    task_ids = [control_task_id]
-    nodes = []
-    try:
-        for node_index in range(1, num_nodes):
-            task_id = f"{control_task_id}_node_{node_index}"
-            task_ids.append(task_id)
-            step_kwargs = dict(
-                cli_args.step_kwargs,
-                split_index=str(node_index),
-                run_id=current.run_id,
-                task_id=task_id,
-                input_paths=input_paths,
-                ubf_context=UBF_TASK,
-                retry_count=str(retry_count),
-            )
-            command = cli_args.step_command(
-                sys.executable, sys.argv[0], current.step_name, step_kwargs=step_kwargs
-            )
-            env = dict(os.environ, MF_PARALLEL_NODE_INDEX=str(node_index))
-            nodes.append(LocalNode(node_index, task_id, command, env))
-        # The join step finds every node's task through this list.
-        flow._control_mapper_tasks = [
-            f"{current.run_id}/{current.step_name}/{task_id}" for task_id in task_ids
-        ]
-        local_nodes = LocalNodes(nodes)
-        on_start(local_nodes)
-        step_func()
-        local_nodes.wait()
-    finally:
-        LocalNodes(nodes).stop()

@@ -1,20 +1,25 @@
 """The ``@torchrun`` step decorator: Metaflow's ``@parallel`` plus ``current.torch``.
 
 Metaflow imports this module on every ``import metaflow``: it imports neither
-torch nor the launcher at module level, and not our exceptions either, which
-import metaflow themselves (importing them first must not make a cycle).
+torch nor the launcher at module level, and not our exceptions or anything
+that imports them either, since they import metaflow themselves (importing
+them first must not make a cycle). Each hook imports what it uses.
 """
 
 import functools
 import inspect
-import math
 import os
 import signal
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from metaflow.metaflow_current import Current, current
 from metaflow.plugins.parallel_decorator import ParallelDecorator
-from metaflow.unbounded_foreach import UBF_CONTROL, UBF_TASK
+from metaflow.unbounded_foreach import UBF_CONTROL
+
+from .worker_bootstrap import die_with_parent
+
+if TYPE_CHECKING:
+    from .local_nodes import LocalNodes
 
 
 class TorchrunDecorator(ParallelDecorator):
@@ -24,9 +29,10 @@ class TorchrunDecorator(ParallelDecorator):
     A ``@torchrun`` step is a Metaflow ``@parallel`` step: reach it with
     ``self.next(self.train, num_parallel=N)`` and it runs on N nodes (N=1 for
     one). Metaflow's graph decides this, so a step inherited from a base flow
-    class works like one defined in the flow itself. Inside the step, ``current.torch.run(entrypoint="train.py")`` starts the
-    program with torchrun on this node; the nodes find each other through the
-    ``metaflow`` rendezvous backend.
+    class works like one defined in the flow itself. Inside the step,
+    ``current.torch.run(entrypoint="train.py")`` starts the program with
+    torchrun on this node; the nodes find each other through the ``metaflow``
+    rendezvous backend.
 
     Parameters
     ----------
@@ -61,12 +67,10 @@ class TorchrunDecorator(ParallelDecorator):
         "master_port": None,
         "all_nodes_started_timeout": 600,
     }
-    # Set by the local launcher of the other nodes, on node 0 of a local run only.
-    _local_nodes = None
 
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
         super().step_init(flow, graph, step_name, decorators, environment, flow_datastore, logger)
-        from .launcher import StepSettings
+        from .step_settings import StepSettings
 
         # Every task of the flow initializes every step's decorators: from here
         # on, current.torch explains itself in the steps without @torchrun. The
@@ -75,69 +79,54 @@ class TorchrunDecorator(ParallelDecorator):
             Current.torch = property(_current_torch_outside_torchrun)
 
         self._flow_dir = os.path.dirname(os.path.abspath(inspect.getfile(type(flow))))
-        self._settings = StepSettings(
-            nproc_per_node=_checked_nproc(self.attributes["nproc_per_node"]),
-            master_port=_checked_port(self.attributes["master_port"]),
-            join_timeout=_checked_timeout(self.attributes["all_nodes_started_timeout"]),
-            requested_gpus=_requested_gpus(decorators),
-        )
+        self._settings = StepSettings.from_attributes(self.attributes, decorators)
 
     def task_pre_step(self, step_name, task_datastore, metadata, run_id, task_id, flow, graph,
                       retry_count, max_user_code_retries, ubf_context, inputs):
         super().task_pre_step(step_name, task_datastore, metadata, run_id, task_id, flow, graph,
                               retry_count, max_user_code_retries, ubf_context, inputs)
-        from .launcher import TaskIdentity
+        from .step_settings import TaskIdentity
 
         self._task = TaskIdentity(flow.name, str(run_id), step_name, str(task_id), int(retry_count))
 
     def task_decorate(self, step_func, flow, graph, retry_count, max_user_code_retries, ubf_context):
         is_local = os.environ.get("METAFLOW_RUNTIME_ENVIRONMENT", "local") == "local"
         if is_local:
-            from .worker_bootstrap import die_with_parent
-
             # Metaflow's local runtime signals none of its tasks when it is
             # terminated itself (`kill PID` of `python flow.py run` leaves them
             # all running). Tied to it, this task goes with it, and with the
             # task go its torchrun agent, the agent's workers and, on node 0,
             # the other nodes' tasks, each tied to its own parent.
             die_with_parent(signal.SIGTERM)
-        if ubf_context != UBF_CONTROL or not is_local:
-            return super().task_decorate(
-                step_func, flow, graph, retry_count, max_user_code_retries, ubf_context
-            )
-        from .local_nodes import run_control_task
-
-        # Node 0 of a local run: the parent's step function for a single node,
-        # run under our launcher of the other nodes instead of Metaflow's.
-        node_step = super().task_decorate(
-            step_func, flow, graph, retry_count, max_user_code_retries, UBF_TASK
+        if ubf_context == UBF_CONTROL and is_local:
+            return functools.partial(self._run_local_control_task, flow, step_func, retry_count)
+        # Metaflow's wrapper: setup_distributed_env, then the step.
+        return super().task_decorate(
+            step_func, flow, graph, retry_count, max_user_code_retries, ubf_context
         )
-        return functools.partial(
-            run_control_task,
-            flow,
-            node_step,
-            retry_count,
-            ",".join(self.input_paths),
-            self._watch_local_nodes,
-        )
-
-    def _watch_local_nodes(self, local_nodes) -> None:
-        self._local_nodes = local_nodes
 
     def setup_distributed_env(self, flow) -> None:
+        self._set_current_torch(local_nodes=None)
+
+    def _run_local_control_task(self, flow, step_func, retry_count: int) -> None:
+        """Node 0 of a local run: start the other nodes, run this node's step, wait for them.
+
+        In place of Metaflow's launcher of the other nodes (see local_nodes); the
+        nodes stop when this step ends, however it ends.
+        """
+        from .local_nodes import LocalNodes
+
+        with LocalNodes() as local_nodes:
+            local_nodes.start(flow, retry_count, ",".join(self.input_paths))
+            self._set_current_torch(local_nodes)
+            step_func()
+            local_nodes.wait()
+
+    def _set_current_torch(self, local_nodes: Optional["LocalNodes"]) -> None:
         from .launcher import TorchrunLauncher
 
-        local_nodes = self._local_nodes
-        current._update_env(
-            {
-                "torch": TorchrunLauncher(
-                    self._task,
-                    self._flow_dir,
-                    self._settings,
-                    peer_failure=local_nodes.failure if local_nodes else lambda: None,
-                )
-            }
-        )
+        launcher = TorchrunLauncher(self._task, self._flow_dir, self._settings, local_nodes)
+        current._update_env({"torch": launcher})
 
     def add_to_package(self):
         # Remote nodes run `python -m rendezvous`, and a code package carries
@@ -161,58 +150,3 @@ def _current_torch_outside_torchrun(_: Current):
         "current.torch exists only in steps decorated with @torchrun: add @torchrun above "
         "@step (and call the step with self.next(..., num_parallel=N) for N nodes)."
     )
-
-
-def _checked_nproc(value: object) -> Optional[str]:
-    if value is None:
-        return None
-    from .command import check_nproc_per_node
-
-    return check_nproc_per_node(value, "@torchrun(nproc_per_node)")
-
-
-def _checked_port(value: object) -> Optional[int]:
-    if value is None:
-        return None
-    from .command import whole_number
-    from .exceptions import TorchrunArgumentError
-
-    port = None if isinstance(value, bool) else whole_number(str(value))
-    if port is None or not 1 <= port <= 65535:
-        raise TorchrunArgumentError(
-            f"@torchrun(master_port={value!r}): give a TCP port from 1 to 65535, or leave it "
-            f"out to let each current.torch.run call pick its own."
-        )
-    return port
-
-
-def _checked_timeout(value: object) -> float:
-    from .exceptions import TorchrunArgumentError
-
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = math.nan
-    if isinstance(value, bool) or not (math.isfinite(seconds) and seconds > 0):
-        raise TorchrunArgumentError(
-            f"@torchrun(all_nodes_started_timeout={value!r}): give the number of seconds to "
-            f"wait for every node to join, a positive number (default 600)."
-        )
-    return seconds
-
-
-def _requested_gpus(decorators) -> int:
-    """GPUs per node requested through @resources, @kubernetes or @batch (0 if none)."""
-    compute = [deco for deco in decorators if deco.name in ("kubernetes", "batch")]
-    if compute:
-        from metaflow.plugins.aws.aws_utils import compute_resource_attributes
-
-        gpu = compute_resource_attributes(decorators, compute[0], {"gpu": "0"}).get("gpu")
-    else:
-        gpu = next(
-            (deco.attributes.get("gpu") for deco in decorators if deco.name == "resources"), None
-        )
-    try:
-        return max(0, int(float(gpu or 0)))
-    except (TypeError, ValueError):
-        return 0

@@ -12,9 +12,9 @@ name found from SEARCH_DIR). The bootstrap
 - runs TARGET as ``__main__`` with ``sys.argv`` and ``sys.path[0]`` as
   ``python TARGET ARGS`` or ``python -m TARGET ARGS`` would set them;
 - on an uncaught exception, writes torchelastic's error file (so the agent and
-  the other nodes can name the failing rank and its error), prints the
-  traceback without the bootstrap's own frames, and exits with code 1 as
-  Python does;
+  the other nodes can name the failing rank and its error; ``first_error``
+  reads it back for the launcher), prints the traceback without the
+  bootstrap's own frames, and exits with code 1 as Python does;
 - after the program succeeded (it returned, or exited with code 0), destroys
   the process groups it left initialized, before the interpreter tears down:
   torch 2.13 often aborts such a process at exit (``terminate called without
@@ -26,6 +26,7 @@ uses the standard library only and must stay importable without Metaflow.
 """
 
 import ctypes
+import glob
 import json
 import os
 import runpy
@@ -34,7 +35,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 _PR_SET_PDEATHSIG = 1
 # How long destroying the program's process groups may take. NCCL's destroy can
@@ -92,6 +93,40 @@ def _record_error(error: BaseException, formatted: str) -> None:
             json.dump(data, error_file)
     except OSError as write_error:
         print(f"could not write the error file {path}: {write_error}", file=sys.stderr)
+
+
+class WorkerError(NamedTuple):
+    """A worker's uncaught exception, as its error file records it."""
+
+    local_rank: int
+    rank: str  # the global rank; "" in a file that does not say (torch's own @record)
+    message: str
+    traceback: str
+
+
+def first_error(attempt_dir: str) -> Optional[WorkerError]:
+    """The earliest error recorded by the workers of one attempt, or None if none recorded one.
+
+    torchrun gives local rank R of an attempt the error file
+    ``<attempt_dir>/<R>/error.json``, which ``_record_error`` (or torch's
+    ``@record`` in the program) writes; files in another layout are skipped.
+    """
+    found = []
+    for path in glob.glob(os.path.join(attempt_dir, "*", "error.json")):
+        try:
+            with open(path) as error_file:
+                content = json.load(error_file)["message"]
+            extra = content.get("extraInfo", {})
+            error = WorkerError(
+                local_rank=int(os.path.basename(os.path.dirname(path))),
+                rank=str(extra.get("rank", "")),
+                message=content.get("message", ""),
+                traceback=extra.get("py_callstack", ""),
+            )
+            found.append((int(extra.get("timestamp", 0)), error))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return min(found)[1] if found else None
 
 
 def end_process_groups() -> None:
