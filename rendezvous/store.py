@@ -1,4 +1,5 @@
-"""Node 0's TCPStore, and the other nodes' connections to it with calls that always end.
+"""Node 0's TCPStore, the other nodes' connections to it with calls that always end,
+and the view of it that torch's agent gets for one round.
 
 Waiting in short slices instead of in a helper thread would make TCPStore log a
 warning per slice, hence ``BoundedConnection``.
@@ -12,16 +13,10 @@ import time
 from datetime import timedelta
 from typing import Callable, List, Optional, TypeVar
 
-from torch.distributed import DistError, DistNetworkError, Store, TCPStore
+from torch.distributed import DistError, DistNetworkError, DistStoreError, Store, TCPStore
 
 from .endpoint import format_endpoint
-from .errors import StorePortInUseError, StoreUnreachableError
-
-# Every key of ours lives below this prefix; anything else in the store belongs
-# to the workers (their process groups) and is wiped before a restart round.
-KEY_NAMESPACE = "metaflow-torchrun/"
-# Holds the rdzv id of the job whose node 0 hosts the store.
-JOB_KEY = KEY_NAMESPACE + "job"
+from .errors import JobFailedError, StorePortInUseError, StoreUnreachableError
 
 T = TypeVar("T")
 
@@ -201,3 +196,82 @@ class BoundedConnection:
                 return False
             raise
         return True
+
+
+class AgentStore(Store):
+    """The store torch's agent gets for one round: node 0's store under a round prefix.
+
+    Every call goes through the handler's bounded connection, so none blocks
+    the agent for long, and waits (rank assignment, the exit barrier) end as
+    soon as the job fails elsewhere.
+    """
+
+    def __init__(self, main: BoundedConnection, prefix: str, join_timeout: float):
+        super().__init__()
+        self._main = main
+        self._prefix = prefix
+        self._timeout = timedelta(seconds=join_timeout)
+
+    @property
+    def timeout(self) -> timedelta:
+        return self._timeout
+
+    def set_timeout(self, timeout: timedelta) -> None:
+        self._timeout = timeout
+
+    def wait(self, keys: List[str], timeout: Optional[timedelta] = None) -> None:
+        # The agent waits here only in its exit barrier, which logs any error
+        # with a traceback and carries on as if the barrier had passed. When
+        # the job failed elsewhere, end the wait quietly instead: shutdown()
+        # raises that failure right after.
+        try:
+            self._wait(keys, timeout)
+        except JobFailedError:
+            pass
+
+    def _wait(self, keys: List[str], timeout: Optional[timedelta] = None) -> None:
+        timeout = timeout or self._timeout
+        full = [self._prefix + key for key in keys]
+        if not self._main.wait(full, time.monotonic() + timeout.total_seconds()):
+            raise DistStoreError(f"keys {keys} did not appear within {timeout.total_seconds():g} s")
+
+    def get(self, key: str) -> bytes:
+        self._wait([key])
+        return self._main.call(lambda store: store.get(self._prefix + key))
+
+    def multi_get(self, keys: List[str]) -> List[bytes]:
+        self._wait(keys)
+        return self._main.call(lambda store: store.multi_get([self._prefix + k for k in keys]))
+
+    def set(self, key: str, value) -> None:
+        self._main.call(lambda store: store.set(self._prefix + key, value))
+
+    def multi_set(self, keys: List[str], values) -> None:
+        self._main.call(lambda store: store.multi_set([self._prefix + k for k in keys], values))
+
+    def add(self, key: str, amount: int) -> int:
+        return self._main.call(lambda store: store.add(self._prefix + key, amount))
+
+    def compare_set(self, key: str, expected, desired) -> bytes:
+        return self._main.call(lambda store: store.compare_set(self._prefix + key, expected, desired))
+
+    def check(self, keys: List[str]) -> bool:
+        return self._main.call(lambda store: store.check([self._prefix + k for k in keys]))
+
+    def delete_key(self, key: str) -> bool:
+        return self._main.call(lambda store: store.delete_key(self._prefix + key))
+
+    def num_keys(self) -> int:
+        return self._main.call(lambda store: store.num_keys())
+
+
+def wipe_worker_keys(store: Store, namespace: str) -> None:
+    """Delete every key outside ``namespace`` (the backend's keys), so a restart round starts clean.
+
+    Those keys are what the previous round's workers left. Call it only while
+    every worker is stopped, as while every node is inside ``next_rendezvous``,
+    which the agent calls only after stopping them.
+    """
+    for key in store.list_keys():
+        if not key.startswith(namespace):
+            store.delete_key(key)

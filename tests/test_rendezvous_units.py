@@ -10,9 +10,8 @@ from torch.distributed.elastic.rendezvous import RendezvousParameters, rendezvou
 import rendezvous
 from rendezvous.endpoint import DERIVED_PORT_BASE, DERIVED_PORT_SPAN, derive_port, parse_endpoint
 from rendezvous.errors import ConfigError, TopologyError
-from rendezvous.handler import (
-    OWN, PEER_LOST, create_handler, describe_failure, parse_failures, root_cause,
-)
+from rendezvous.failures import OWN, PEER_LOST, describe_failure, parse_failures, root_cause
+from rendezvous.handler import create_handler
 from rendezvous.network import interface_with_address, socket_ifname_defaults
 from rendezvous.settings import RendezvousSettings
 from rendezvous.topology import read_topology

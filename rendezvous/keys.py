@@ -1,0 +1,62 @@
+"""The keys of node 0's store: every name the backend writes, in one place.
+
+Store layout. ``metaflow-torchrun/`` is the backend's namespace: every key of
+ours lives below it, and anything else in the store belongs to the workers
+(their process groups) and is wiped before a restart round.
+
+- ``metaflow-torchrun/job``: the rdzv id of the job whose node 0 hosts the
+  store, set last when the store is ready; a node of another job refuses it.
+
+The keys of one job, all below ``metaflow-torchrun/<rdzv id>/``:
+
+- ``round``: the newest round any node asked for (restart requests move it up).
+- ``r<N>/count``, ``r<N>/members``: arrivals in round N; the last arrival checks
+  the member list and sets ``r<N>/complete``, which the others wait on.
+- ``r<N>/agent/``: the store handed to torch's agent for round N (rank
+  assignment, exit barrier).
+- ``hb/<i>``: heartbeat counter of node i; node 0 watches them all.
+- ``failures``: one record per failing node, in the order they were recorded;
+  see ``rendezvous.failures``.
+- ``closed``: one count per node that finished; node 0 waits for them before
+  taking the store down.
+"""
+
+_NAMESPACE = "metaflow-torchrun/"
+
+
+class JobKeys:
+    """The name of every key of the job ``run_id`` in node 0's store.
+
+    Attributes:
+        namespace: the prefix of every key of the backend, of any job.
+        job: the key naming the job whose node 0 hosts the store.
+        round, failures, closed: the job's keys of those names.
+    """
+
+    def __init__(self, run_id: str):
+        prefix = f"{_NAMESPACE}{run_id}/"
+        self._prefix = prefix
+        self.namespace = _NAMESPACE
+        self.job = _NAMESPACE + "job"
+        self.round = prefix + "round"
+        self.failures = prefix + "failures"
+        self.closed = prefix + "closed"
+
+    def count(self, round_: int) -> str:
+        return f"{self._prefix}r{round_}/count"
+
+    def members(self, round_: int) -> str:
+        return f"{self._prefix}r{round_}/members"
+
+    def complete(self, round_: int) -> str:
+        return f"{self._prefix}r{round_}/complete"
+
+    def agent_prefix(self, round_: int) -> str:
+        """The prefix of the store handed to torch's agent in round ``round_``."""
+        return f"{self._prefix}r{round_}/agent/"
+
+    def heartbeat(self, node: int) -> str:
+        return f"{self._prefix}hb/{node}"
+
+
+__all__ = ["JobKeys"]
