@@ -6,8 +6,10 @@ Errors of the backend end the program with their message and exit code 1
 instead of a traceback from inside torch; ``outcome`` passes that message on.
 """
 
+import logging
+import os
 import sys
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -29,7 +31,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         _check_agent_settings(config)
     except (ValueError, AssertionError) as error:
         report(f"bad torchrun arguments: {error}")
-        sys.exit(2)
+        _exit(2)
     try:
         torchrun_main(argv)
     except MetaflowRendezvousError as error:
@@ -38,16 +40,32 @@ def main(argv: Optional[List[str]] = None) -> None:
             # their table, then the root cause last, where readers look.
             print(error.__context__.format_msg(), file=sys.stderr)
         report(f"{type(error).__name__}: {error}")
-        sys.exit(1)
+        _exit(1)
     except ChildFailedError as error:
         # The table torchrun shows as the end of a traceback, without the traceback.
         print(error.format_msg(), file=sys.stderr)
-        sys.exit(1)
+        _exit(1)
     except SignalException as stop:
         # SIGINT or SIGTERM from outside (Ctrl-C, a launcher stopping the job):
         # the agent already stopped its workers and told the other nodes.
         report(f"stopped by {stop.sigval.name}")
-        sys.exit(128 + stop.sigval)
+        _exit(128 + stop.sigval)
+
+
+def _exit(code: int) -> NoReturn:
+    """End a failed agent with ``code``, skipping the interpreter's teardown.
+
+    After a failure a store call of the backend may still be pending in a
+    helper thread (node 0 went away while this node waited on it). When that
+    call fails during the teardown, the C++ runtime aborts the process
+    (``terminate called without an active exception``, SIGABRT), which would
+    replace this exit code. The handler's ``shutdown`` has run by now; only the
+    output is left to flush.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _check_agent_settings(config) -> None:
