@@ -16,7 +16,9 @@ SIGABRT or "terminate called"; any other failure is counted apart. Run it in a
 loopback-only network namespace, where TCPStore's reverse DNS lookups cannot
 stall::
 
-    sudo bench/run_in_netns.sh .venv/bin/python bench/exit_aborts.py --repeats 20
+    sudo bench/run_in_netns.sh .venv/bin/python -m bench.exit_aborts --repeats 20
+
+(from the repository root: it runs the flow with the test suite's ``tests/harness``).
 """
 
 import argparse
@@ -25,11 +27,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-SCRIPTS = BENCH / "exit_aborts"
-sys.path.insert(0, str(BENCH.parent / "tests"))
+from tests.harness.flow_runs import FlowRunner
 
-from flow_runs import FlowRunner  # noqa: E402  (the tests' isolated Metaflow runner)
+SCRIPTS = Path(__file__).resolve().parent / "exit_aborts"
 
 _ABORT_SIGNS = ("SIGABRT", "terminate called", "Signals.SIGABRT", "exitcode: -6")
 

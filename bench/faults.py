@@ -9,12 +9,10 @@ idle (tests/flows/two_nodes.py); the figure is the time from the fault until
 no process of the run (runtime, tasks, agents, workers) is left, found by the
 marker variable every process of the run carries. Each figure is the median
 of --repeats runs. Run it inside bench/run_in_netns.sh, because TCPStore's
-reverse DNS lookups can stall for 5 s on a resolver that drops queries:
+reverse DNS lookups can stall for 5 s on a resolver that drops queries, and
+from the repository root (it uses the test suite's ``tests/harness``)::
 
-    bench/run_in_netns.sh python bench/faults.py --repeats 3
-
-It uses the harnesses of the test suite (tests/torchrun_nodes.py,
-tests/netns_hosts.py, tests/flow_runs.py).
+    sudo bench/run_in_netns.sh .venv/bin/python -m bench.faults --repeats 3
 """
 
 import argparse
@@ -27,23 +25,18 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from flow_runs import FlowRunner, RunningFlow  # noqa: E402
-from netns_hosts import TestHosts, unavailable_reason  # noqa: E402
-from torchrun_nodes import Job  # noqa: E402
+from tests.harness.flow_runs import FlowRunner, RunningFlow
+from tests.harness.netns_hosts import TestHosts, unavailable_reason
+from tests.harness.torchrun_nodes import Job, job_on_hosts, wait_for_output
 
 NODES = 3
 STARTED = "started rank="
 JOIN_TIMEOUT = 10.0
 
 
-def wait_for_lines(job: Job, nodes: List[int], needle: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not all(needle in job.output(node) for node in nodes):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no {needle!r} in time; node 0 says:\n" + job.output(0)[-2000:])
-        time.sleep(0.01)
+def wait_for_lines(job: Job, nodes: List[int], needle: str) -> None:
+    """Wait for ``needle`` from every node of ``nodes``, which may exit right after printing it."""
+    wait_for_output(job, nodes, needle, timeout=120, while_alive=False)
 
 
 def last_exit(job: Job, nodes: List[int], timeout: float = 180) -> float:
@@ -135,7 +128,7 @@ FLOW_GONE_TIMEOUT = 180.0
 def idle_flow(runner: FlowRunner) -> RunningFlow:
     """A 2-node x 1-process run whose ranks idle for 600 s, once both workers run."""
     return runner.start_until(
-        "two_nodes.py", "--script", "raise_rank.py", "--script_args", '{"fail-rank": 99}',
+        "two_nodes.py", "--script", "workers/raise_rank.py", "--script_args", '{"fail-rank": 99}',
         "--nproc", "1", ready=lambda: len(runner.workers()) == 2,
     )
 
@@ -211,9 +204,8 @@ def main() -> int:
                 workdir = Path(tempfile.mkdtemp(dir=scratch))
                 env = {"IDLE_SECONDS": "600"}
                 if on_hosts:
-                    with TestHosts(NODES) as hosts, Job(
-                        workdir, NODES, script, rdzv_conf=conf, main_ip=hosts.addresses[0],
-                        env=env, host_prefix=hosts.command_prefix,
+                    with TestHosts(NODES) as hosts, job_on_hosts(
+                        hosts, workdir, script, rdzv_conf=conf, env=env,
                     ) as job:
                         seconds = fault(job, hosts)
                 else:

@@ -3,7 +3,9 @@
 Run it inside a loopback-only network namespace (see ``run_in_netns.sh``), or
 TCPStore's reverse DNS lookups can add 5 s stalls to either launcher::
 
-    sudo bench/run_in_netns.sh .venv/bin/python bench/launch_overhead.py --repeats 9
+    sudo bench/run_in_netns.sh .venv/bin/python -m bench.launch_overhead --repeats 9
+
+(from the repository root: it runs the flow with the test suite's ``tests/harness``).
 
 One local Metaflow run of ``launch/launch_flow.py`` (2 nodes x 1 process):
 inside its ``@torchrun`` step both nodes launch the trivial program
@@ -11,8 +13,8 @@ inside its ``@torchrun`` step both nodes launch the trivial program
 order, so that both share the same machine, load and run. A sample is the
 wall time of one launch on node 0, from the call until it returned (for the
 bare launcher: until ``python -m torch.distributed.run`` exited). Metaflow's
-own start-up is outside every sample. Goal: ``current.torch.run`` at most 5%
-or 0.3 s slower than the bare launcher.
+own start-up is outside every sample. It prints the medians, their ratio and
+their difference.
 """
 
 import argparse
@@ -22,10 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH.parent / "tests"))
+from tests.harness.flow_runs import FlowRunner
 
-from flow_runs import FlowRunner  # noqa: E402  (the tests' isolated Metaflow runner)
+BENCH = Path(__file__).resolve().parent
 
 _SAMPLE = re.compile(r"SAMPLE node=(?P<node>\d+) launcher=(?P<launcher>.+) seconds=(?P<seconds>[\d.]+)$")
 
@@ -62,9 +63,7 @@ def main() -> None:
         print(f"{name:<22}{statistics.median(values):>9.3f}{min(values):>9.3f}{max(values):>9.3f}")
     difference = statistics.median(ours) - statistics.median(bare)
     ratio = statistics.median(ours) / statistics.median(bare)
-    within = difference <= 0.3 or ratio <= 1.05
-    print(f"median ratio {ratio:.3f}, difference {difference:+.3f} s "
-          f"({'within' if within else 'outside'} the goal: <= 5% or <= 0.3 s more)")
+    print(f"median ratio {ratio:.3f}, difference {difference:+.3f} s")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Log throughput: a program's output through ``LogPump`` against the same output sent to a file.
 
-    .venv/bin/python bench/log_pump.py --megabytes 50 --repeats 5
+    .venv/bin/python -m bench.log_pump --megabytes 50 --repeats 5
+
+(from the repository root, whose ``LogPump`` it then measures).
 
 A child process writes ``--megabytes`` of 100-byte lines as fast as it can, in
 1 MiB writes. "to a file": its stdout is a file. "through the pump": its stdout
@@ -18,9 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from metaflow_extensions.torchrun.plugins.log_pump import LogPump  # noqa: E402
+from metaflow_extensions.torchrun.plugins.log_pump import LogPump
 
 PRODUCER = """
 import sys

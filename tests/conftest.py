@@ -1,9 +1,9 @@
-"""Shared fixtures: run real Metaflow flows in isolation (see flow_runs.py), and the
+"""Shared fixtures: run real Metaflow flows in isolation (see harness/flow_runs.py), and the
 rehearsal's pod environment (see rehearsal/pod_env.py); the ``remote`` marker."""
 
 import pytest
 
-from flow_runs import FlowRunner
+from harness.flow_runs import FlowRunner
 
 
 def pytest_configure(config):

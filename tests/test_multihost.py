@@ -9,9 +9,8 @@ import os
 
 import pytest
 
-from netns_hosts import TestHosts, unavailable_reason
-from test_rendezvous_torchrun import FAST, wait_for_output
-from torchrun_nodes import Job, lines_with
+from harness.netns_hosts import TestHosts, unavailable_reason
+from harness.torchrun_nodes import FAST, job_on_hosts, lines_with, wait_for_output
 
 REASON = unavailable_reason()
 pytestmark = [
@@ -23,18 +22,13 @@ IFNAME_VARS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 
 @pytest.fixture
 def hosts():
+    assert not any(name in os.environ for name in IFNAME_VARS), "the jobs would inherit them"
     with TestHosts(3) as made:
         yield made
 
 
-def job_on(hosts: TestHosts, workdir, script: str, **kwargs) -> Job:
-    assert not any(name in os.environ for name in IFNAME_VARS), "the jobs would inherit them"
-    return Job(workdir, 3, script, main_ip=hosts.addresses[0], host_prefix=hosts.command_prefix,
-               **kwargs)
-
-
 def test_three_hosts_all_reduce(hosts, tmp_path):
-    with job_on(hosts, tmp_path, "allreduce.py", nproc_per_node=2,
+    with job_on_hosts(hosts, tmp_path, "allreduce.py", nproc_per_node=2,
                 script_args=["--print-env", *IFNAME_VARS]) as job:
         job.start()
         assert job.wait() == {0: 0, 1: 0, 2: 0}
@@ -48,7 +42,7 @@ def test_three_hosts_all_reduce(hosts, tmp_path):
 
 def test_users_own_socket_ifname_wins(hosts, tmp_path):
     # The user's NCCL choice stays; gloo, which the user left alone, gets ours.
-    with job_on(hosts, tmp_path, "allreduce.py", script_args=["--print-env", *IFNAME_VARS],
+    with job_on_hosts(hosts, tmp_path, "allreduce.py", script_args=["--print-env", *IFNAME_VARS],
                 env={"NCCL_SOCKET_IFNAME": "^docker"}) as job:
         job.start()
         assert job.wait() == {0: 0, 1: 0, 2: 0}
@@ -58,29 +52,25 @@ def test_users_own_socket_ifname_wins(hosts, tmp_path):
 
 
 @pytest.mark.parametrize("fault", ["cut_link", "partition"])
-def test_worker_host_lost(hosts, tmp_path, fault):
-    with job_on(hosts, tmp_path, "idle.py", rdzv_conf=FAST) as job:
+@pytest.mark.parametrize(
+    "lost, the_others_say, the_lost_host_says",
+    [
+        (2, ["node 2 failed first: stopped sending heartbeats"],
+         "the control node (node 0, rendezvous store at"),
+        (0, ["the control node (node 0, rendezvous store at", "is unreachable"],
+         "stopped sending heartbeats"),
+    ],
+    ids=["worker host", "control host"],
+)
+def test_host_lost(hosts, tmp_path, fault, lost, the_others_say, the_lost_host_says):
+    with job_on_hosts(hosts, tmp_path, "idle.py", rdzv_conf=FAST) as job:
         job.start()
         wait_for_output(job, [0, 1, 2], "started rank=")
-        getattr(hosts, fault)(2)
+        getattr(hosts, fault)(lost)
         codes = job.wait(timeout=90)
         assert all(code != 0 for code in codes.values()), codes
-        for node in (0, 1):
-            assert "node 2 failed first: stopped sending heartbeats" in job.output(node), job.output(node)
-        assert "the control node (node 0, rendezvous store at" in job.output(2), job.output(2)
-        assert job.live_processes() == []
-
-
-@pytest.mark.parametrize("fault", ["cut_link", "partition"])
-def test_control_host_lost(hosts, tmp_path, fault):
-    with job_on(hosts, tmp_path, "idle.py", rdzv_conf=FAST) as job:
-        job.start()
-        wait_for_output(job, [0, 1, 2], "started rank=")
-        getattr(hosts, fault)(0)
-        codes = job.wait(timeout=90)
-        assert all(code != 0 for code in codes.values()), codes
-        for node in (1, 2):
-            assert "the control node (node 0, rendezvous store at" in job.output(node), job.output(node)
-            assert "is unreachable" in job.output(node)
-        assert "stopped sending heartbeats" in job.output(0), job.output(0)
+        for node in sorted({0, 1, 2} - {lost}):
+            for message in the_others_say:
+                assert message in job.output(node), job.output(node)
+        assert the_lost_host_says in job.output(lost), job.output(lost)
         assert job.live_processes() == []

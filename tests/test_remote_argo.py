@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from netns_hosts import unavailable_reason
+from harness.netns_hosts import unavailable_reason
 from rehearsal.argo import compiled_template, run_workflow, substitute
 from rehearsal.cluster import Cluster
 

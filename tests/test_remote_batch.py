@@ -38,11 +38,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from netns_hosts import unavailable_reason
+from harness.netns_hosts import unavailable_reason
+from harness.processes import MARKER_VAR
 from rehearsal import metadata_service
 from rehearsal.batch_standin import QUEUE, job_records
 from rehearsal.cluster import Cluster
-from torchrun_nodes import MARKER_VAR
 
 REASON = unavailable_reason()
 pytestmark = [

@@ -19,8 +19,8 @@ from typing import Dict
 
 import pytest
 
-from flow_runs import FlowRun
-from netns_hosts import unavailable_reason
+from harness.flow_runs import FlowRun
+from harness.netns_hosts import unavailable_reason
 from rehearsal.cluster import Cluster
 from rehearsal.kubernetes_standin import expand
 from flows.remote_base import RENDEZVOUS_PORT

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from rendezvous.endpoint import parse_endpoint
 from rendezvous.errors import ConfigError
 from rendezvous.settings import RendezvousSettings
-from torchrun_nodes import SCRIPTS
+from harness.torchrun_nodes import SCRIPTS
 
 KEYS = st.sampled_from(
     ["join_timeout", "heartbeat_interval", "heartbeat_timeout", "poll_interval", "close_timeout",

@@ -8,11 +8,9 @@ import pytest
 
 from rendezvous.endpoint import derive_port
 from rendezvous.store import wait_until_listening
-from torchrun_nodes import Job, lines_with
+from harness.torchrun_nodes import FAST, Job, lines_with, wait_for_output
 
 pytestmark = pytest.mark.timeout(180)
-
-FAST = {"join_timeout": 60, "heartbeat_interval": 0.5, "heartbeat_timeout": 4}
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "module"])
@@ -248,15 +246,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("", 0))
         return probe.getsockname()[1]
-
-
-def wait_for_output(job: Job, nodes, needle: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not all(needle in job.output(node) for node in nodes):
-        assert time.monotonic() < deadline, {node: job.output(node)[-2000:] for node in nodes}
-        for node in nodes:
-            assert job.procs[node].poll() is None, job.output(node)
-        time.sleep(0.1)
 
 
 def test_three_jobs_side_by_side_do_not_collide(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flow_runs import RunningFlow
+from harness.flow_runs import RunningFlow
 
 # Hang protection only: a flow that hangs fails here instead of blocking the suite.
 pytestmark = pytest.mark.timeout(300)
@@ -38,7 +38,7 @@ def trap_python(directory: Path) -> str:
 def test_two_nodes_two_processes_from_a_venv_off_path(flows, tmp_path):
     text = 'a "quote", a back\\slash, non-ASCII: é 中 and {"json": 1}'
     run = flows.run(
-        "two_nodes.py", "--script", "ranks.py", "--script_args", json.dumps({"text": text}),
+        "two_nodes.py", "--script", "workers/ranks.py", "--script_args", json.dumps({"text": text}),
         "--nproc", "2",
         env={"PATH": trap_python(tmp_path / "bin")},
     )
@@ -65,7 +65,7 @@ def test_two_nodes_two_processes_from_a_venv_off_path(flows, tmp_path):
 def test_raising_rank_is_named_with_its_traceback(flows):
     # Rank 3 (node 1, local rank 1) raises; ranks 0-2 would idle for 10 minutes.
     run = flows.run(
-        "two_nodes.py", "--script", "raise_rank.py", "--script_args", '{"fail-rank": 3}',
+        "two_nodes.py", "--script", "workers/raise_rank.py", "--script_args", '{"fail-rank": 3}',
         "--nproc", "2",
     )
     assert run.returncode != 0
@@ -89,7 +89,7 @@ def test_raising_rank_is_named_with_its_traceback(flows):
 def test_five_megabytes_on_stderr_alone(flows):
     lines = 50_000  # about 5 MB with the line text of flood_stderr.py
     run = flows.run(
-        "two_nodes.py", "--script", "flood_stderr.py", "--script_args", json.dumps({"lines": lines}),
+        "two_nodes.py", "--script", "workers/flood_stderr.py", "--script_args", json.dumps({"lines": lines}),
         "--nproc", "1",
     )
     assert run.returncode == 0, run.output[-6000:]
@@ -123,7 +123,7 @@ def test_one_node(flows, attributes, options):
 
 
 def test_two_calls_in_one_step_form_two_rendezvous(flows):
-    run = flows.run("two_nodes.py", "--script", "ranks.py", "--nproc", "1", "--calls", "2")
+    run = flows.run("two_nodes.py", "--script", "workers/ranks.py", "--nproc", "1", "--calls", "2")
     assert run.returncode == 0, run.output[-6000:]
     outcome = results(run)
     assert sorted(outcome) == [(0, 1), (0, 2), (1, 1), (1, 2)]
@@ -138,7 +138,7 @@ def test_two_calls_in_one_step_form_two_rendezvous(flows):
 
 def test_max_restarts_recovers_and_counts_the_restart(flows):
     run = flows.run(
-        "two_nodes.py", "--script", "fail_first_round.py", "--nproc", "1",
+        "two_nodes.py", "--script", "workers/fail_first_round.py", "--nproc", "1",
         "--torchrun_args", '{"max_restarts": 1}',
     )
     assert run.returncode == 0, run.output[-6000:]
@@ -222,7 +222,7 @@ def test_bad_decorator_attribute_stops_the_run_at_start(flows, attributes, messa
 def test_node_dying_before_torchrun_fails_node_zero_at_once(flows):
     # Node 1 raises before it calls run(); node 0 would wait 600 s for it to join.
     run = flows.run(
-        "two_nodes.py", "--script", "raise_rank.py", "--script_args", '{"fail-rank": 99}',
+        "two_nodes.py", "--script", "workers/raise_rank.py", "--script_args", '{"fail-rank": 99}',
         "--broken_node", "1",
     )
     assert run.returncode != 0
@@ -235,7 +235,7 @@ def test_node_dying_before_torchrun_fails_node_zero_at_once(flows):
 def idle_two_nodes(flows):
     """two_nodes.py, 2 nodes x 2 ranks that idle for 600 s; returned once all 4 workers run."""
     return flows.start_until(
-        "two_nodes.py", "--script", "raise_rank.py", "--script_args", '{"fail-rank": 99}', "--nproc", "2",
+        "two_nodes.py", "--script", "workers/raise_rank.py", "--script_args", '{"fail-rank": 99}', "--nproc", "2",
         ready=lambda: len(flows.workers()) == 4,
     )
 
@@ -265,7 +265,7 @@ def test_stopped_run_leaves_no_process(flows, sig, whole_group):
 def test_killed_control_task_takes_every_node_down(flows):
     # Node 0's agent waits in the rendezvous; node 1 sleeps in its step, outside torchrun.
     flow = flows.start_until(
-        "two_nodes.py", "--script", "raise_rank.py", "--sleeping_node", "1",
+        "two_nodes.py", "--script", "workers/raise_rank.py", "--sleeping_node", "1",
         ready=lambda: flows.processes_running(b"rendezvous") and flows.processes_running(b"ubf_task"),
     )
     control = flows.processes_running(b"ubf_control")
@@ -297,7 +297,7 @@ def test_killed_agent_takes_its_workers_and_the_other_node_down(flows):
 
 
 def test_three_runs_at_once_do_not_collide(flows):
-    started = [RunningFlow(flows.start("two_nodes.py", "--script", "ranks.py", "--nproc", "1"))
+    started = [RunningFlow(flows.start("two_nodes.py", "--script", "workers/ranks.py", "--nproc", "1"))
                for _ in range(3)]
     runs = [flow.finish(timeout=250) for flow in started]
     rdzv_ids = set()

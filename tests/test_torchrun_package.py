@@ -6,7 +6,7 @@ import tarfile
 
 import pytest
 
-from flow_runs import REPO
+from harness.flow_runs import REPO
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -28,7 +28,7 @@ def test_code_package_carries_the_backend_and_runs_it(flows, tmp_path):
         assert f"{code_dir}/rendezvous/{name}" in names
     for name in EXTENSION_FILES:
         assert f"{code_dir}/metaflow_extensions/torchrun/plugins/{name}" in names
-    assert "ranks.py" in names and "two_nodes.py" in names  # the flow's own directory
+    assert "workers/ranks.py" in names and "two_nodes.py" in names  # the flow's own directory
     # On a remote node `python -m rendezvous` must come from the package itself.
     node = tmp_path / "node"
     check = subprocess.run(

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 from torch.distributed.run import get_args_parser
 
-from flow_runs import FlowRunner, RunningFlow
+from harness.flow_runs import FlowRunner, RunningFlow
 from metaflow_extensions.torchrun.plugins.command import (
     parse_torchrun_args,
     plan_launch,

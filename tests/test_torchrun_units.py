@@ -36,7 +36,7 @@ from metaflow_extensions.torchrun.plugins.step_settings import (
 )
 from rendezvous.outcome import LINE_PREFIX, OUTCOME_FILE_VAR, read_outcome, report
 from rendezvous.topology import Topology, read_topology
-from torchrun_nodes import is_alive
+from harness.processes import is_alive
 
 pytestmark = pytest.mark.timeout(60)
 BOOTSTRAP = worker_bootstrap.__file__

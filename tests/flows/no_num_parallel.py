@@ -10,7 +10,7 @@ class NoNumParallelFlow(FlowSpec):
     @torchrun
     @step
     def train(self):
-        current.torch.run(entrypoint="ranks.py")
+        current.torch.run(entrypoint="workers/ranks.py")
         self.next(self.end)
 
     @step

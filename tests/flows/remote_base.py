@@ -15,7 +15,7 @@ class RemoteTrainingBase(FlowSpec):
     @step
     def train(self):
         self.node_index = current.parallel.node_index
-        current.torch.run(entrypoint="remote_worker.py")
+        current.torch.run(entrypoint="workers/remote_worker.py")
         self.next(self.join)
 
     @step

@@ -17,7 +17,7 @@ class RemoteBatchFlow(FlowSpec):
     def train(self):
         import rendezvous
 
-        result = current.torch.run(entrypoint="remote_batch_worker.py", nproc_per_node=1)
+        result = current.torch.run(entrypoint="workers/remote_batch_worker.py", nproc_per_node=1)
         self.node_index = current.parallel.node_index
         self.rendezvous_file = rendezvous.__file__
         print(f"NODE {self.node_index} exit_code={result.exit_code} "

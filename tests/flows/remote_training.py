@@ -19,7 +19,7 @@ class RemoteTrainingFlow(FlowSpec):
 
         self.node_index = current.parallel.node_index
         print(f"NODE {self.node_index} python={sys.executable} rendezvous={rendezvous.__file__}")
-        current.torch.run(entrypoint="remote_worker.py",
+        current.torch.run(entrypoint="workers/remote_worker.py",
                           entrypoint_args={"fail-rank": self.fail_rank})
         self.next(self.join)
 

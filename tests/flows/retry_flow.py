@@ -12,7 +12,7 @@ class RetryFlow(FlowSpec):
     @step
     def train(self):
         result = current.torch.run(
-            entrypoint="fail_in_attempt.py",
+            entrypoint="workers/fail_in_attempt.py",
             entrypoint_args={"attempt": current.retry_count, "fail-attempt": 0},
         )
         print(f"RESULT node={current.parallel.node_index} attempt={current.retry_count} log_dir={result.log_dir}")

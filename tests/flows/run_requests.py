@@ -1,7 +1,7 @@
 """One @torchrun step on one node (num_parallel=1) that makes current.torch.run calls on request.
 
 The test writes $TORCHRUN_TEST_REQUESTS/<n>.request.json, n = 1, 2, ...: either
-{"call": {arguments of run()}} or {"stop": true}. The step runs echo_args.py
+{"call": {arguments of run()}} or {"stop": true}. The step runs workers/echo_args.py
 with those arguments and answers in <n>.response.json with the result's fields
 or the error's type and message. Each call's workers write <n>-<rank>.json.
 """
@@ -47,7 +47,7 @@ class RunRequestsFlow(FlowSpec):
         while "call" in request:
             os.environ["ECHO_PREFIX"] = str(REQUESTS / str(number))
             try:
-                result = current.torch.run(entrypoint="echo_args.py", **request["call"])
+                result = current.torch.run(entrypoint="workers/echo_args.py", **request["call"])
             except Exception as error:
                 answer(number, {"outcome": "error", "type": type(error).__name__, "message": str(error)})
             else:

@@ -12,7 +12,7 @@ ATTRIBUTES = json.loads(os.environ.get("TORCHRUN_TEST_ATTRIBUTES", '{"nproc_per_
 
 
 class SingleNodeFlow(FlowSpec):
-    module = Parameter("module", default="ranks", help="run like python -m MODULE")
+    module = Parameter("module", default="workers.ranks", help="run like python -m MODULE")
 
     @step
     def start(self):

@@ -10,7 +10,7 @@ class TorchTraining(FlowSpec):
     @torchrun
     @step
     def train(self):
-        result = current.torch.run(entrypoint="ranks.py", nproc_per_node=1,
+        result = current.torch.run(entrypoint="workers/ranks.py", nproc_per_node=1,
                                    entrypoint_args={"text": type(self).__name__})
         self.node_index = current.parallel.node_index
         print(f"RESULT node={self.node_index} exit_code={result.exit_code}")

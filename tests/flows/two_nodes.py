@@ -7,7 +7,7 @@ from metaflow import FlowSpec, Parameter, current, step, torchrun
 
 
 class TwoNodesFlow(FlowSpec):
-    script = Parameter("script", default="ranks.py")
+    script = Parameter("script", default="workers/ranks.py")
     script_args = Parameter("script_args", default="{}", help="JSON: entrypoint_args")
     torchrun_args = Parameter("torchrun_args", default="{}", help="JSON: torchrun_args")
     nproc = Parameter("nproc", default=2)

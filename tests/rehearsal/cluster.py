@@ -8,10 +8,11 @@ Usage (a test)::
         cluster.pod_logs()            # {pod name: what the pod printed}
 
 ``Cluster`` makes the test hosts (network namespaces on a bridge, see
-``netns_hosts``): host 0 is the laptop, where ``python flow.py run`` runs; host 1
+``harness.netns_hosts``): host 0 is the laptop, where ``python flow.py run`` runs; host 1
 serves S3 (moto's server mode, bucket ``BUCKET``); the others are free for pods.
 It writes a cluster description (JSON) and names it in ``CLUSTER_VAR`` on the flow
-process, whose ``PYTHONPATH`` holds ``site/``: its ``sitecustomize`` installs the
+process, whose ``PYTHONPATH`` holds ``site/`` and ``tests/`` (for ``rehearsal`` and
+``harness``): its ``sitecustomize`` installs the
 stand-ins the description lists (``install()`` of ``rehearsal.<name>_standin``) in
 every Python process of the flow run. Pods never get either variable.
 
@@ -36,7 +37,7 @@ from the moment that pod starts, as a cluster's DNS would (a pod started late is
 unknown until then).
 
 Every process of a flow run and of its pods carries the test's marker variable
-(``torchrun_nodes.MARKER_VAR``): ``Cluster.kill_all`` kills whatever is left.
+(``harness.processes.MARKER_VAR``): ``Cluster.kill_all`` kills whatever is left.
 """
 
 import fcntl
@@ -56,6 +57,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from harness.flow_runs import FLOWS, FlowRun, run_to_end
+from harness.netns_hosts import TestHosts
+from harness.processes import MARKER_VAR, is_alive, kill_processes, processes_with_marker
+
 CLUSTER_VAR = "METAFLOW_TORCHRUN_REHEARSAL_CLUSTER"
 BUCKET = "rehearsal"
 S3_PORT = 5000
@@ -74,13 +79,6 @@ _TESTS = Path(__file__).resolve().parent.parent
 _SITE = Path(__file__).resolve().parent / "site"
 _LAPTOP, _S3_HOST, _FIRST_POD_HOST = 0, 1, 2
 _POLL_SECONDS = 0.05
-
-if str(_TESTS) not in sys.path:  # in Metaflow's processes, for torchrun_nodes and netns_hosts
-    sys.path.append(str(_TESTS))
-
-from flow_runs import FLOWS, FlowRun, run_to_end  # noqa: E402
-from netns_hosts import TestHosts  # noqa: E402
-from torchrun_nodes import MARKER_VAR, is_alive, kill_processes, processes_with_marker  # noqa: E402
 
 
 # ---- inside Metaflow's processes: the description and the pod runner ----
@@ -377,7 +375,8 @@ class Cluster:
             "HOME": str(self.root / "home"),
             "TMPDIR": str(self.root / "tmp"),
             "LANG": "C.UTF-8",
-            "PYTHONPATH": str(_SITE),
+            # site/ for sitecustomize; tests/ for the packages it imports (rehearsal, harness)
+            "PYTHONPATH": os.pathsep.join([str(_SITE), str(_TESTS)]),
             CLUSTER_VAR: str(self._write_description(0.0)),
             MARKER_VAR: self.marker,
             "METAFLOW_HOME": str(self.root / "home"),

@@ -2,17 +2,15 @@
 
 The test puts this directory on the flow process's PYTHONPATH, so Python imports
 this module at start-up in the flow process and in all of Metaflow's subprocesses
-(``kubernetes step``, ``batch step``, ...). It does nothing unless the cluster
-description variable is set; pods never get either.
+(``kubernetes step``, ``batch step``, ...); ``tests/``, also on that PYTHONPATH,
+holds the ``rehearsal`` package. It does nothing unless the cluster description
+variable is set; pods never get either.
 """
 
 import importlib
 import os
-import sys
-from pathlib import Path
 
 if os.environ.get("METAFLOW_TORCHRUN_REHEARSAL_CLUSTER"):
-    sys.path.append(str(Path(__file__).resolve().parent.parent.parent))  # tests/
     from rehearsal import cluster
 
     for _name in cluster.description()["standins"]:

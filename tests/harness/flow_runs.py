@@ -4,8 +4,8 @@ Flows run through Metaflow's CLI in a subprocess with their own datastore,
 metadata and home directory under a given directory. Every process of a flow
 (the runtime, the tasks, the torchrun agents and their workers) carries a
 marker variable in its environment, so a caller can check that nothing
-outlived the flow and kill what did. The tests (``conftest.py``) and
-``bench/faults.py`` both use this module.
+outlived the flow and kill what did (see ``processes``). The tests
+(``conftest.py``) and the benchmarks both use this module.
 """
 
 import os
@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from torchrun_nodes import MARKER_VAR, kill_processes, processes_with_marker
+from rendezvous.topology import NODE_INDEX_VAR
 
-REPO = Path(__file__).resolve().parent.parent
-FLOWS = Path(__file__).resolve().parent / "flows"
+from .processes import MARKER_VAR, kill_processes, processes_with_marker
+
+REPO = Path(__file__).resolve().parents[2]
+FLOWS = REPO / "tests" / "flows"
 # "2026-11-24 01:41:37.446 [1795484490747749/train/2 (pid 19591)] text"
 _TASK_LINE = re.compile(r"^\S+ \S+ \[(?P<run>[^/\]]+)/(?P<step>[^/\]]+)/(?P<task>[^ \]]+) \(pid \d+\)\] ?")
 _POLL_SECONDS = 0.05
@@ -181,7 +183,7 @@ class FlowRunner:
             except OSError:
                 continue
             for item in environ:
-                if item.startswith(b"MF_PARALLEL_NODE_INDEX="):
+                if item.startswith(f"{NODE_INDEX_VAR}=".encode()):
                     found[int(item.split(b"=", 1)[1])] = pid
         return found
 

@@ -1,14 +1,13 @@
 """Start the nodes of a job as real torchrun processes on this machine, and clean them up.
 
 Each node is one torchrun agent (``torchrun`` or ``python -m rendezvous``) with
-its own MF_PARALLEL_* environment. torchrun starts every worker in a session of
-its own, and a killed agent's workers are re-parented, so processes are found by
-a marker variable in their environment instead of by process tree: that is how
-``close`` kills everything of a job, even after a failed test.
+its own MF_PARALLEL_* environment, on loopback or on a test host of its own
+(``job_on_hosts``). Every process of a job carries the job's marker (see
+``processes``): that is how ``close`` kills everything of a job, even after a
+failed test.
 """
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,45 +15,16 @@ import uuid
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
-SCRIPTS = Path(__file__).parent / "scripts"
+from rendezvous.topology import Topology
+
+from .netns_hosts import TestHosts
+from .processes import MARKER_VAR, kill_processes, processes_with_marker
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
-
-
-MARKER_VAR = "METAFLOW_TORCHRUN_TEST_JOB"
-
-
-def is_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def processes_with_marker(marker: str) -> List[int]:
-    """PIDs of the live processes whose environment carries ``MARKER_VAR=marker``."""
-    needle = f"{MARKER_VAR}={marker}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0") and is_alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
-def kill_processes(pids: Iterable[int]) -> None:
-    """SIGKILL each of ``pids`` that still exists."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+# --rdzv-conf that notices a lost node within seconds, for jobs that fail on purpose.
+FAST = {"join_timeout": 60, "heartbeat_interval": 0.5, "heartbeat_timeout": 4}
+_POLL_SECONDS = 0.05
 
 
 class Job:
@@ -103,14 +73,10 @@ class Job:
         self.procs: Dict[int, subprocess.Popen] = {}
 
     def node_env(self, node_index: int) -> Dict[str, str]:
+        """The environment node ``node_index`` starts with (``env`` of ``start`` aside)."""
         env = dict(os.environ)
-        env.update(
-            MF_PARALLEL_NODE_INDEX=str(node_index),
-            MF_PARALLEL_NUM_NODES=str(self.num_nodes),
-            MF_PARALLEL_MAIN_IP=self.main_ip,
-            **{MARKER_VAR: self.run_id},
-            OMP_NUM_THREADS="1",
-        )
+        env.update(Topology(node_index, self.num_nodes, self.main_ip).environment())
+        env.update({MARKER_VAR: self.run_id}, OMP_NUM_THREADS="1")
         env.update(self.env)
         return env
 
@@ -170,4 +136,30 @@ class Job:
 
 
 def lines_with(text: str, needle: str) -> List[str]:
+    """The lines of ``text`` that contain ``needle``."""
     return [line for line in text.splitlines() if needle in line]
+
+
+def wait_for_output(job: Job, nodes: Iterable[int], needle: str, timeout: float = 60,
+                    while_alive: bool = True) -> None:
+    """Wait until every node of ``nodes`` printed ``needle``; AssertionError at ``timeout``.
+
+    With ``while_alive``, it also fails at once when one of ``nodes`` exits
+    before all of them printed ``needle``. A benchmark that waits for the line
+    a node prints right before it fails on purpose passes False: that node may
+    be gone by the time its line is read.
+    """
+    nodes = list(nodes)
+    deadline = time.monotonic() + timeout
+    while not all(needle in job.output(node) for node in nodes):
+        assert time.monotonic() < deadline, {node: job.output(node)[-2000:] for node in nodes}
+        if while_alive:
+            for node in nodes:
+                assert job.procs[node].poll() is None, job.output(node)
+        time.sleep(_POLL_SECONDS)
+
+
+def job_on_hosts(hosts: TestHosts, workdir: Path, script: str, **job_args: object) -> Job:
+    """A job of one node per test host of ``hosts``; node 0's host is the main address."""
+    return Job(workdir, hosts.count, script, main_ip=hosts.addresses[0],
+               host_prefix=hosts.command_prefix, **job_args)
