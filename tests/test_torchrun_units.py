@@ -40,6 +40,8 @@ from harness.processes import is_alive
 
 pytestmark = pytest.mark.timeout(60)
 BOOTSTRAP = worker_bootstrap.__file__
+# A child that imports the bootstrap as a file of its own, as the workers load it.
+BOOTSTRAP_ALONE = {**os.environ, "PYTHONPATH": str(Path(BOOTSTRAP).parent)}
 
 
 # entrypoint_args
@@ -402,9 +404,8 @@ def test_bootstrap_imports_nothing_for_a_program_without_torch_distributed(tmp_p
 def test_a_destroy_that_hangs_ends_the_worker_with_success_in_bounded_time(tmp_path):
     # A stand-in torch.distributed whose destroy never returns, as NCCL's can with peers gone.
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [sys.executable, "-c", textwrap.dedent("""
             import sys, threading, types
-            sys.path.insert(0, {str(Path(BOOTSTRAP).parent)!r})
             import worker_bootstrap
             stuck = types.SimpleNamespace(is_available=lambda: True, is_initialized=lambda: True,
                                           destroy_process_group=threading.Event().wait)
@@ -413,7 +414,7 @@ def test_a_destroy_that_hangs_ends_the_worker_with_success_in_bounded_time(tmp_p
             worker_bootstrap.end_process_groups()
             print("not reached")
         """)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True, text=True, timeout=30, env=BOOTSTRAP_ALONE,
     )
     assert done.returncode == 0
     assert "not reached" not in done.stdout
@@ -423,9 +424,8 @@ def test_a_destroy_that_hangs_ends_the_worker_with_success_in_bounded_time(tmp_p
 def test_child_dies_with_its_parent(tmp_path):
     # The parent starts a sleeping child that asked for SIGKILL on its parent's death, then exits.
     parent = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [sys.executable, "-c", textwrap.dedent("""
             import functools, os, signal, subprocess, sys
-            sys.path.insert(0, {str(Path(BOOTSTRAP).parent)!r})
             from worker_bootstrap import die_with_parent
             child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
                                      preexec_fn=functools.partial(die_with_parent, signal.SIGKILL, os.getpid()))
@@ -433,6 +433,7 @@ def test_child_dies_with_its_parent(tmp_path):
         """)],
         capture_output=True,
         text=True,
+        env=BOOTSTRAP_ALONE,
     )
     child = int(parent.stdout)
     deadline = time.monotonic() + 30
