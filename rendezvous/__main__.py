@@ -47,9 +47,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         _exit(1)
     except SignalException as stop:
         # SIGINT or SIGTERM from outside (Ctrl-C, a launcher stopping the job):
-        # the agent already stopped its workers and told the other nodes.
+        # the agent already stopped its workers. Not _exit: torch skips the
+        # handler's shutdown after a signal, and the handler's exit hook is
+        # what tells the other nodes.
         report(f"stopped by {stop.sigval.name}")
-        _exit(128 + stop.sigval)
+        sys.exit(128 + stop.sigval)
 
 
 def _exit(code: int) -> NoReturn:
@@ -59,8 +61,9 @@ def _exit(code: int) -> NoReturn:
     helper thread (node 0 went away while this node waited on it). When that
     call fails during the teardown, the C++ runtime aborts the process
     (``terminate called without an active exception``, SIGABRT), which would
-    replace this exit code. The handler's ``shutdown`` has run by now; only the
-    output is left to flush.
+    replace this exit code. Only for failures after which torch has called the
+    handler's ``shutdown`` (or before any handler existed): only the output is
+    left to flush.
     """
     logging.shutdown()
     sys.stdout.flush()
