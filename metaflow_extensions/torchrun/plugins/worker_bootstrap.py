@@ -16,15 +16,16 @@ name found from SEARCH_DIR). The bootstrap
   reads it back for the launcher), prints the traceback without the
   bootstrap's own frames, and exits with code 1 as Python does;
 - after the program succeeded (it returned, or exited with code 0), destroys
-  the process groups it left initialized, before the interpreter tears down:
-  torch 2.13 often aborts such a process at exit (``terminate called without
-  an active exception``, SIGABRT) although all its work is done. See
-  ``end_process_groups``.
+  the process groups it left initialized, runs its exit hooks and exits with
+  0 without the interpreter's teardown: torch 2.13 often aborts such a process
+  there (``terminate called without an active exception``, SIGABRT) although
+  all its work is done. See ``exit_after_success``.
 
 This file is run by path in the worker and imported by the launcher, so it
 uses the standard library only and must stay importable without Metaflow.
 """
 
+import atexit
 import ctypes
 import glob
 import json
@@ -35,7 +36,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, NoReturn, Optional
 
 _PR_SET_PDEATHSIG = 1
 # How long destroying the program's process groups may take. NCCL's destroy can
@@ -156,6 +157,25 @@ def end_process_groups() -> None:
         os._exit(0)
 
 
+def exit_after_success() -> NoReturn:
+    """End the worker of a program that succeeded, with code 0 and without the teardown.
+
+    The program's process groups are destroyed (``end_process_groups``), its
+    other threads are waited for and its exit hooks run, as at a normal exit.
+    Then the worker exits at once: the interpreter's teardown runs C++
+    destructors of torch and of libraries, and one that finds a thread still
+    attached aborts the process (SIGABRT) after all its work is done.
+    """
+    end_process_groups()
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def main(argv: List[str]) -> None:
     kind, target, search_dir, *args = argv
     die_with_parent(signal.SIGKILL)
@@ -170,7 +190,7 @@ def main(argv: List[str]) -> None:
             runpy.run_path(target, run_name="__main__")
     except SystemExit as stop:
         if stop.code in (None, 0):
-            end_process_groups()
+            exit_after_success()
         raise
     except Exception as error:
         formatted = _user_traceback(error)
@@ -178,7 +198,7 @@ def main(argv: List[str]) -> None:
         sys.stderr.write(formatted)
         sys.stderr.flush()
         sys.exit(1)
-    end_process_groups()
+    exit_after_success()
 
 
 if __name__ == "__main__":
