@@ -1,0 +1,211 @@
+"""The parent side: fork node 0 and the processes of simulated nodes, drive them, time them."""
+
+import multiprocessing
+import os
+import resource
+import signal
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Dict, List, Optional, Tuple
+
+from rendezvous.settings import RendezvousSettings
+
+from .nodes import LOOPBACK, host_process
+
+# Simulated nodes per process: enough processes that the store connections
+# and threads of one stay few thousands, few enough to fit two cores.
+_NODES_PER_PROCESS = 256
+_PORTS = range(21000, 32768)
+
+
+class MeasurementFailed(Exception):
+    """A node reported an error, or events did not come in time."""
+
+
+@dataclass
+class Figures:
+    """What one job of N nodes measured; ``None`` where that part was not run."""
+
+    nodes: int
+    round_s: Optional[float] = None
+    idle_cpu_s_per_s: Optional[float] = None
+    restart_s: Optional[float] = None
+    failure_to_stopped_s: Optional[float] = None
+    silent_detected_s: Optional[float] = None
+    notes: List[str] = field(default_factory=list)
+
+
+def _free_port() -> int:
+    for port in _PORTS:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        return port
+    raise MeasurementFailed(f"no free port left in {_PORTS}")
+
+
+def raise_file_limit() -> None:
+    """Node 0 holds a few connections per node: let every process open as many files as allowed."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Job:
+    """One job of ``num_nodes`` nodes: node 0 alone in a process, the rest in groups.
+
+    ``alone`` names nodes that get a process of their own (to be silenced by SIGSTOP).
+    """
+
+    def __init__(self, num_nodes: int, settings: RendezvousSettings, timeout: float,
+                 alone: Tuple[int, ...] = ()):
+        self.num_nodes = num_nodes
+        self.timeout = timeout
+        port = _free_port()
+        run_id = f"scale-{uuid.uuid4().hex[:8]}"
+        rest = [i for i in range(1, num_nodes) if i not in alone]
+        groups = [[0]] + [[i] for i in alone] + [
+            rest[start:start + _NODES_PER_PROCESS]
+            for start in range(0, len(rest), _NODES_PER_PROCESS)
+        ]
+        context = multiprocessing.get_context("fork")
+        self._processes: List[multiprocessing.Process] = []
+        self._pipes: List[Connection] = []
+        self.host_of: Dict[int, int] = {}
+        self.events: Dict[str, Dict[int, float]] = {}
+        try:
+            for number, indices in enumerate(groups):
+                ours, theirs = context.Pipe()
+                process = context.Process(
+                    target=host_process,
+                    args=(theirs, indices, num_nodes, port, run_id, settings, os.getpid()),
+                    daemon=True)
+                process.start()
+                theirs.close()
+                self._processes.append(process)
+                self._pipes.append(ours)
+                for index in indices:
+                    self.host_of[index] = number
+            self.collect("ready", len(groups))
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def node0_pid(self) -> int:
+        return self._processes[0].pid
+
+    def pid_of(self, node: int) -> int:
+        return self._processes[self.host_of[node]].pid
+
+    def command(self, node: int, command: str, argument: object = None) -> None:
+        self._pipes[self.host_of[node]].send((command, argument))
+
+    def broadcast(self, command: str) -> None:
+        for pipe in self._pipes:
+            pipe.send((command, None))
+
+    def collect(self, kind: str, count: int, timeout: Optional[float] = None) -> Dict[int, float]:
+        """Wait until ``count`` events of ``kind`` came; they are kept by node."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        got = self.events.setdefault(kind, {})
+        while len(got) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise MeasurementFailed(f"{len(got)} of {count} {kind!r} events in time")
+            for pipe in wait(self._pipes, remaining):
+                try:
+                    got_kind, node, value = pipe.recv()
+                except EOFError:
+                    raise MeasurementFailed("a node process died") from None
+                if got_kind == "error":
+                    raise MeasurementFailed(f"node {node}: {value}")
+                self.events.setdefault(got_kind, {})[node] = value
+        return got
+
+    def node0_cpu(self) -> float:
+        """CPU seconds node 0's process used so far, all its threads (the store's included)."""
+        self.events.pop("cpu", None)
+        self.command(0, "cpu")
+        return self.collect("cpu", 1)[0]
+
+    def close(self) -> None:
+        for process in self._processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGKILL)
+        for process in self._processes:
+            process.join()
+        for pipe in self._pipes:
+            pipe.close()
+
+
+def _idle_cpu(job: Job, settle: float, window: float) -> float:
+    time.sleep(settle)
+    before = job.node0_cpu()
+    start = time.monotonic()
+    time.sleep(window)
+    after = job.node0_cpu()
+    return (after - before) / (time.monotonic() - start)
+
+
+def _form_round(job: Job) -> float:
+    """Node 0 first, then every other node; seconds until the last ``next_rendezvous()`` returned."""
+    start = time.monotonic()
+    job.command(0, "join")
+    for pipe in job._pipes[1:]:
+        pipe.send(("join", None))
+    rounds = job.collect("round", job.num_nodes)
+    return max(rounds.values()) - start
+
+
+def measure_baseline(settings: RendezvousSettings, settle: float, window: float,
+                     timeout: float) -> float:
+    """Node 0's CPU per second when it is the job's only node."""
+    job = Job(1, settings, timeout)
+    try:
+        _form_round(job)
+        return _idle_cpu(job, settle, window)
+    finally:
+        job.close()
+
+
+def measure_job(num_nodes: int, settings: RendezvousSettings, parts: List[str], settle: float,
+                window: float, timeout: float) -> Figures:
+    """Round, idle CPU, restart and failure in one job; a silent node in a second one."""
+    figures = Figures(num_nodes)
+    last = num_nodes - 1
+    if {"round", "idle", "restart", "failure"} & set(parts):
+        job = Job(num_nodes, settings, timeout)
+        try:
+            figures.round_s = _form_round(job)
+            if "idle" in parts:
+                figures.idle_cpu_s_per_s = _idle_cpu(job, settle, window)
+            if "restart" in parts:
+                job.command(last, "restart", last)
+                asked = job.collect("restart_asked", 1)[last]
+                figures.restart_s = max(job.collect("restart", num_nodes).values()) - asked
+            if "failure" in parts:
+                time.sleep(settle)
+                job.command(last, "fail", last)
+                failed = job.collect("failed", 1)[last]
+                stopped = job.collect("stopped", num_nodes - 1)
+                figures.failure_to_stopped_s = max(stopped.values()) - failed
+        finally:
+            job.close()
+    if "silent" in parts:
+        job = Job(num_nodes, settings, timeout, alone=(last,))
+        try:
+            _form_round(job)
+            time.sleep(settle)
+            silenced = time.monotonic()
+            os.kill(job.pid_of(last), signal.SIGSTOP)
+            stopped = job.collect("stopped", 1, timeout=settings.heartbeat_timeout * 3 + 10)
+            figures.silent_detected_s = stopped[0] - silenced if 0 in stopped else (
+                min(stopped.values()) - silenced)
+        finally:
+            job.close()
+    return figures
