@@ -4,18 +4,32 @@ Use it where the package's entry point is not installed, as on the remote nodes
 of a Metaflow run, which receive the package inside Metaflow's code package.
 Errors of the backend end the program with their message and exit code 1
 instead of a traceback from inside torch; ``outcome`` passes that message on.
+
+It says only what torchrun would say about the user's command, once: the
+agent's own ``import torch`` does not warn about a missing numpy (the agent
+never uses numpy; a worker's import still warns, as it is the program's), and
+torchrun's note that ``--master-addr`` is unused is dropped when nobody set it.
 """
 
 import logging
 import os
 import sys
-from typing import List, NoReturn, Optional
+import warnings
+from contextlib import contextmanager
+from typing import Iterator, List, NoReturn, Optional
+
+# torch's text for a missing numpy, which it warns about on import (a prefix: the rest names the cause).
+_NUMPY_MISSING = "Failed to initialize NumPy"
+# torchrun warns so whenever no --rdzv-endpoint is given, even when --master-addr was not either.
+_MASTER_ADDR_UNUSED = "master_addr is only used for static rdzv_backend"
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    warnings.filterwarnings("ignore", message=_NUMPY_MISSING, category=UserWarning)
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import config_from_args, parse_args
+    from torch.distributed.run import config_from_args, get_args_parser, parse_args
+    from torch.distributed.run import logger as torchrun_logger
     from torch.distributed.run import main as torchrun_main
 
     from . import register
@@ -27,11 +41,15 @@ def main(argv: Optional[List[str]] = None) -> None:
         # torchrun turns a malformed --rdzv-conf (and other bad flags) into a
         # ValueError or an AssertionError deep inside its launcher; checking the
         # arguments first tells those apart from errors of the job itself.
-        config, _, _ = config_from_args(parse_args(argv))
+        args = parse_args(argv)
+        with _unheard(torchrun_logger):  # torchrun_main says it all once more
+            config, _, _ = config_from_args(args)
         _check_agent_settings(config)
     except (ValueError, AssertionError) as error:
         report(f"bad torchrun arguments: {error}")
         _exit(2)
+    if args.master_addr == get_args_parser().get_default("master_addr"):
+        torchrun_logger.addFilter(lambda record: not record.getMessage().startswith(_MASTER_ADDR_UNUSED))
     try:
         torchrun_main(argv)
     except MetaflowRendezvousError as error:
@@ -52,6 +70,24 @@ def main(argv: Optional[List[str]] = None) -> None:
         # what tells the other nodes.
         report(f"stopped by {stop.sigval.name}")
         sys.exit(128 + stop.sigval)
+
+
+@contextmanager
+def _unheard(logger: logging.Logger) -> Iterator[None]:
+    """Run the block with ``logger`` silent and ``OMP_NUM_THREADS`` as it was before.
+
+    torchrun's ``config_from_args`` logs its warnings and, with more than one
+    process per node and ``OMP_NUM_THREADS`` unset, sets it to 1 while logging
+    a banner. A second call then would stay silent about it.
+    """
+    omp_num_threads = os.environ.get("OMP_NUM_THREADS")
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = False
+        if omp_num_threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
 
 
 def _exit(code: int) -> NoReturn:

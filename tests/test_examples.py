@@ -1,26 +1,60 @@
-"""Every example of examples/ end to end, each from a copy of its folder in the test's directory.
+"""Every example of examples/ end to end, as a new user runs it: from a regular install.
 
-Running the copy shows that an example needs nothing beside its folder; running
-it from the test's directory, not from the folder, that it does not depend on
-the working directory. The local nodes of a run share one machine, so on a
-machine with GPUs they would share its GPUs, which NCCL refuses: the runs hide
-the GPUs and use gloo.
+Each example runs with the Python of a user's install (``harness.venvs``): a
+fresh virtual environment holding ``torch==2.13.0``, a regular (not editable)
+``pip install`` of this repository and the packages the examples' READMEs ask
+for beside it, and nothing else. One environment holds what every README asks
+for; each README lists its own. That environment's ``bin`` is not on PATH (it
+was never activated), no PYTHONPATH points into the repository, and
+OMP_NUM_THREADS is left as a user's shell leaves it: unset.
+
+Each example runs from a copy of its folder in the test's directory, which
+shows that it needs nothing beside its folder; running it from the test's
+directory, not from the folder, that it does not depend on the working
+directory. The local nodes of a run share one machine, so on a machine with
+GPUs they would share its GPUs, which NCCL refuses: the runs hide the GPUs and
+use gloo.
 """
 
 import os
 import re
 import shutil
-import sys
+import subprocess
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 
+from harness.flow_runs import FlowRun, run_to_end
+from harness.venvs import users_install
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
+# A shell's PATH without the user's virtualenv on it; no `python` here is the venv's.
+USERS_PATH = os.pathsep.join(["/usr/bin", "/bin"])
+# The line of every example README that says what to install: the package, then the example's own needs.
+_INSTALL_LINE = re.compile(r"^pip install metaflow-torchrun((?: +[^\s#]+)*) *(?:#.*)?$", re.MULTILINE)
+# What torch says when launched the way we launch; none of it is about the user's program.
+LAUNCHER_NOISE = ("Setting OMP_NUM_THREADS", "master_addr is only used", "Failed to initialize NumPy")
 
 # Hang protection only: a flow that hangs fails here instead of blocking the suite.
 pytestmark = pytest.mark.timeout(300)
+
+
+def declared_needs(example: str) -> List[str]:
+    """The packages the example's README says to install beside metaflow-torchrun."""
+    readme = (EXAMPLES / example / "README.md").read_text(encoding="utf-8")
+    lines = _INSTALL_LINE.findall(readme)
+    assert len(lines) == 1, f"{example}/README.md: no one line 'pip install metaflow-torchrun ...'"
+    return lines[0].split()
+
+
+@pytest.fixture(scope="session")
+def users_python() -> Iterator[Path]:
+    """The Python of a user's install holding every example's declared needs (built on first use)."""
+    needs = [need for example in sorted(os.listdir(EXAMPLES)) for need in declared_needs(example)]
+    with users_install(needs) as python:
+        yield python
 
 
 def copy_example(name: str, tmp_path: Path) -> Path:
@@ -28,12 +62,32 @@ def copy_example(name: str, tmp_path: Path) -> Path:
                                 ignore=shutil.ignore_patterns("__pycache__")))
 
 
-def run_example(flows, folder: Path, *args: str, env=None):
-    """``python <folder>/flow.py run args``; fails the test unless the run succeeded."""
-    # an absolute path: the runner joins it to tests/flows, which leaves it as it is
-    run = flows.run(str(folder / "flow.py"), *args, env={**CPU_ONLY, **(env or {})})
+def users_environment(flows, env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The runner's isolated Metaflow settings in a user's shell: see the module."""
+    base = {key: value for key, value in flows.env.items()
+            if key not in ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "OMP_NUM_THREADS")}
+    return {**base, "PATH": USERS_PATH, **CPU_ONLY, **(env or {})}
+
+
+def run_as_user(flows, python: Path, *argv: str, env=None, timeout: float = 200) -> FlowRun:
+    """``python argv`` in the runner's directory; fails the test unless it succeeded."""
+    process = subprocess.Popen(
+        [str(python), *argv], cwd=flows.root, env=users_environment(flows, env),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    run = run_to_end(process, timeout, " ".join(argv), flows.kill_all)
     assert run.returncode == 0, run.output[-6000:]
     return run
+
+
+def run_example(flows, python: Path, folder: Path, *args: str, env=None) -> FlowRun:
+    """``python <folder>/flow.py run args``; fails the test unless the run succeeded."""
+    return run_as_user(flows, python, str(folder / "flow.py"), "run", *args, env=env)
+
+
+def noise(run: FlowRun) -> List[str]:
+    """The lines of ``run`` that come from how torch was launched, not from the program."""
+    return [line for line in run.output.splitlines() if any(text in line for text in LAUNCHER_NOISE)]
 
 
 def printed(run, step: str) -> str:
@@ -56,20 +110,37 @@ def values(pattern: str, lines: List[str]) -> Dict[int, float]:
     return found
 
 
-def test_hello(flows, tmp_path):
-    run = run_example(flows, copy_example("hello", tmp_path))
+def test_the_users_install_is_a_regular_one_off_path(users_python):
+    found = subprocess.run(
+        [str(users_python), "-c", "import rendezvous, torch; print(rendezvous.__file__, torch.__version__)"],
+        cwd=users_python.parent, env={"PATH": USERS_PATH}, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    venv = users_python.parent.parent
+    assert Path(found[0]).is_relative_to(venv / "lib"), found  # installed, not the repository's
+    assert found[1].startswith("2.13.0"), found
+    site_packages = Path(found[0]).parent.parent
+    assert not list(site_packages.glob("__editable__*")) and not list(site_packages.glob("*.egg-link"))
+    python_on_path = shutil.which("python", path=USERS_PATH)
+    assert python_on_path is None or not Path(python_on_path).is_relative_to(venv), python_on_path
+
+
+def test_hello(flows, tmp_path, users_python):
+    run = run_example(flows, users_python, copy_example("hello", tmp_path))
     lines = run.task_lines("hello")
     for rank in range(4):
         assert (
             f"[rank{rank}]: hello from rank {rank} of 4 (node {rank // 2}, local rank {rank % 2}, cpu): "
             f"4 processes answered" in lines
         ), lines
+    # `make demo`: the program's lines and Metaflow's own, nothing from how torchrun was started
+    others = [line for line in lines if not re.fullmatch(r"\[rank\d\]: hello from rank .*", line)]
+    assert others == ["Task is starting.", "Task finished successfully."], lines
     assert "all nodes said hello" in run.task_lines("end")
     assert flows.live_processes() == []
 
 
-def test_tensor_pass(flows, tmp_path):
-    run = run_example(flows, copy_example("tensor-pass", tmp_path), "--size", "5")
+def test_tensor_pass(flows, tmp_path, users_python):
+    run = run_example(flows, users_python, copy_example("tensor-pass", tmp_path), "--size", "5")
     lines = run.task_lines("pass_tensor")
     sent = "[0.5, 1.5, 4.5, 9.5, 16.5]"  # i ** 2 + 0.5
     assert f"[rank0]: rank 0 sent {sent} to 3 other ranks" in lines, lines
@@ -79,10 +150,10 @@ def test_tensor_pass(flows, tmp_path):
     assert flows.live_processes() == []
 
 
-def test_torch_ddp_loss_goes_down_and_a_rerun_resumes_from_the_snapshot(flows, tmp_path):
+def test_torch_ddp_loss_goes_down_and_a_rerun_resumes_from_the_snapshot(flows, tmp_path, users_python):
     folder = copy_example("torch-ddp", tmp_path)
     epoch_loss = r"\[rank0\]: epoch (\d+) loss (\S+)"
-    first = run_example(flows, folder, "--epochs", "3")
+    first = run_example(flows, users_python, folder, "--epochs", "3")
     first_lines = first.task_lines("train")
     losses = values(epoch_loss, first_lines)
     assert list(losses) == [0, 1, 2], first_lines
@@ -90,7 +161,7 @@ def test_torch_ddp_loss_goes_down_and_a_rerun_resumes_from_the_snapshot(flows, t
     assert not any("resuming" in line for line in first_lines)
     assert any(re.fullmatch(r"snapshot after 3 epochs: \d+ bytes", line) for line in first.task_lines("end"))
 
-    second = run_example(flows, folder, "--epochs", "2")
+    second = run_example(flows, users_python, folder, "--epochs", "2")
     assert any(
         re.fullmatch(r"continuing TorchDDPFlow/\d+, 3 epochs done", line) for line in second.task_lines("start")
     ), second.task_lines("start")
@@ -104,9 +175,9 @@ def test_torch_ddp_loss_goes_down_and_a_rerun_resumes_from_the_snapshot(flows, t
     assert flows.live_processes() == []
 
 
-def test_min_gpt_loss_goes_down(flows, tmp_path):
+def test_min_gpt_loss_goes_down(flows, tmp_path, users_python):
     folder = copy_example("min-gpt", tmp_path)
-    run = run_example(flows, folder)
+    run = run_example(flows, users_python, folder)
     lines = run.task_lines("train")
     text = (folder / "input.txt").read_text(encoding="utf-8")
     assert (
@@ -123,33 +194,52 @@ def test_min_gpt_loss_goes_down(flows, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "launcher, command",
-    [("auto", "torchrun"), ("module", f"{sys.executable} -m rendezvous")],
+    "launcher, module",
+    [("auto", "torch.distributed.run"), ("module", "rendezvous")],
     ids=["torchrun through the entry point", "python -m rendezvous"],
 )
-def test_custom_script(flows, tmp_path, launcher, command):
-    # Metaflow's own local @parallel launcher starts the other nodes with the
-    # `python` found on PATH, and the step finds `torchrun` there.
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+def test_custom_script(flows, tmp_path, users_python, launcher, module):
     folder = copy_example("custom-script", tmp_path)
-    run = run_example(flows, folder, "--launcher", launcher, env={"PATH": path})
+    run = run_example(flows, users_python, folder, "--launcher", launcher)
     output = printed(run, "train")
     rdzv_ids = set()
     for node in (0, 1):
         launch = re.search(
-            rf"node {node} runs: {re.escape(command)} --nnodes=2 --nproc-per-node=1 --rdzv-backend=metaflow "
-            rf"--rdzv-id=(\d+-\d+) {re.escape(str(folder / 'allreduce.py'))}",
+            rf"node {node} runs: {re.escape(f'{users_python} -m {module}')} --nnodes=2 --nproc-per-node=1 "
+            rf"--rdzv-backend=metaflow --rdzv-id=(\d+-\d+) {re.escape(str(folder / 'allreduce.py'))}",
             output,
         )
         assert launch, output
         rdzv_ids.add(launch[1])
         assert f"rank {node} of 2 on node {node}: sum 3" in output
     assert len(rdzv_ids) == 1  # run id and control task id: the same on both nodes
+    if module == "rendezvous":
+        assert noise(run) == [], noise(run)
     assert flows.live_processes() == []
 
 
-def test_restarts(flows, tmp_path):
-    run = run_example(flows, copy_example("restarts", tmp_path))
+def test_plain_torchrun_without_numpy_only_the_programs_warn(flows, tmp_path, users_python):
+    # plain-torchrun asks for no numpy: hide the one the shared environment holds
+    hidden = tmp_path / "numpy-hidden" / "numpy"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'numpy'\", name='numpy')\n")
+    folder = copy_example("plain-torchrun", tmp_path)
+    run = run_as_user(flows, users_python, str(folder / "launch_local.py"),
+                      env={"PYTHONPATH": str(hidden.parent)})
+    lines = run.output.splitlines()
+    for rank in range(4):
+        assert f"[rank {rank}]: hello from rank {rank} of 4 on node {rank // 2}: sum of ranks = 6 (expected 6)" in lines
+    assert lines[-1] == "node exit codes: [0, 0]", lines
+    # Each worker's `import torch` warns (the program's own environment lacks numpy);
+    # the agents' imports do not, nor does torchrun about how it was started.
+    warned = noise(run)
+    assert sorted(line.split("]")[0] for line in warned) == [f"[rank {rank}" for rank in range(4)], warned
+    assert all("Failed to initialize NumPy: No module named 'numpy'" in line for line in warned), warned
+    assert flows.live_processes() == []
+
+
+def test_restarts(flows, tmp_path, users_python):
+    run = run_example(flows, users_python, copy_example("restarts", tmp_path))
     lines = run.task_lines("work")
     assert "[rank1]: RuntimeError: rank 1 fails at step 5 (planned, first run only)" in lines
     # Rank 0 started twice: from scratch, then from its checkpoint after the failure.

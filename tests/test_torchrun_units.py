@@ -217,7 +217,23 @@ def test_plan_builds_the_agent_command():
         "/ext/worker_bootstrap.py", "script", "/flow/train.py", "/flow", "--epochs", "3",
     ]
     env = plan.environment({"PATH": "/bin"})
-    assert env == {"PATH": "/bin", "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": LINE_PREFIX_TEMPLATE}
+    assert env == {"PATH": "/bin", "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": LINE_PREFIX_TEMPLATE,
+                   "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.parametrize("nproc, base, expected", [
+    ("2", {}, "1"),                             # what torchrun would set, without its banner
+    ("2", {"OMP_NUM_THREADS": "4"}, "4"),       # the user's own value stays
+    ("1", {}, None),                            # one process: torchrun leaves it unset too
+    ("auto", {}, None),                         # the count is torchrun's to find, and so the choice
+])
+def test_plan_sets_omp_num_threads_as_torchrun_would(nproc, base, expected):
+    plan = plan_launch(
+        python="p", num_nodes=1, nproc_per_node=nproc, rdzv_id="x", rdzv_endpoint="127.0.0.1",
+        join_timeout=1, default_log_dir="/l", flags=parse_torchrun_args(None),
+        bootstrap="b", entry=("script", "t", "d"), program_args=[],
+    )
+    assert plan.environment(base).get("OMP_NUM_THREADS") == expected
 
 
 def test_rdzv_conf_needs_key_value_pairs():

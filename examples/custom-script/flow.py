@@ -1,7 +1,9 @@
 """A plain @parallel step that starts torchrun itself, with the metaflow rendezvous backend.
 
 No @torchrun here: the step's own code builds the torchrun command line, which
-shows that the backend works in any script that launches torchrun.
+shows that the backend works in any script that launches torchrun. Everything
+runs with the interpreter running this file, also from a virtualenv that is not
+activated (its bin not on PATH).
 
     python flow.py run
     python flow.py run --launcher module    # python -m rendezvous instead of torchrun
@@ -17,19 +19,31 @@ from metaflow import FlowSpec, Parameter, current, parallel, step
 # Next to this file: Metaflow packages it with the flow for remote runs.
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "allreduce.py")
 
+# Metaflow's local @parallel launcher starts nodes 1..N-1 with the bare command
+# `python`, looked up on PATH. Put this interpreter's folder first, where a
+# virtualenv keeps its `python`, so that they run in this environment too.
+_HERE = os.path.dirname(sys.executable)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _HERE:
+    os.environ["PATH"] = os.pathsep.join([_HERE, os.environ.get("PATH", "")])
+
 
 def torchrun_command(launcher: str) -> List[str]:
-    """``torchrun``, or ``python -m rendezvous`` where torchrun cannot find the backend.
+    """torchrun, or ``python -m rendezvous`` where torchrun cannot find the backend.
 
-    Installing metaflow-torchrun registers the backend with torchrun through an
-    entry point. Where the ``rendezvous`` package is only importable (a copy
-    next to this file, which Metaflow's code package carries to remote nodes),
-    ``python -m rendezvous`` is torchrun with the backend registered.
+    torchrun is ``python -m torch.distributed.run``, with this interpreter: the
+    ``torchrun`` script sits in the environment's bin folder, which need not be
+    on PATH. Installing metaflow-torchrun registers the backend with torchrun
+    through an entry point. Where the ``rendezvous`` package is only importable
+    (a copy next to this file, which Metaflow's code package carries to remote
+    nodes), ``python -m rendezvous`` is torchrun with the backend registered.
     """
     if launcher == "auto":
         installed = any(ep.name == "metaflow" for ep in entry_points(group="torchrun.handlers"))
         launcher = "torchrun" if installed else "module"
-    commands = {"torchrun": ["torchrun"], "module": [sys.executable, "-m", "rendezvous"]}
+    commands = {
+        "torchrun": [sys.executable, "-m", "torch.distributed.run"],
+        "module": [sys.executable, "-m", "rendezvous"],
+    }
     if launcher not in commands:
         raise ValueError(f"--launcher {launcher!r}: give torchrun, module or auto")
     return commands[launcher]

@@ -39,6 +39,9 @@ def main() -> int:
             # torchrun prefixes each worker line with this when --tee is on
             TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE="[rank ${rank}]: ",
         )
+        # What torchrun sets for the workers when unset, with a banner saying so:
+        # one thread each, so that the processes do not each start one per core.
+        env.setdefault("OMP_NUM_THREADS", "1")
         nodes.append(subprocess.Popen(command, env=env))
     codes = [node.wait() for node in nodes]
     print(f"node exit codes: {codes}")

@@ -9,25 +9,19 @@ real cluster.
 
 The environment is built once and kept under the test environment's own
 directory (``<venv>/rehearsal-pod-env-<key>``), the key naming the versions, so
-that a change of version builds a new one. Concurrent callers build it once: a
-file lock serializes them, and a half-built environment is never used: a file in
-it marks it complete once pip has finished (a build that was cut short is removed
-and made again).
+that a change of version builds a new one; ``harness.venvs.venv_in_use`` builds
+it (once across concurrent callers, never using a half-built one).
 """
 
-import fcntl
 import hashlib
-import shutil
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 
-TORCH_REQUIREMENT = "torch==2.13.0"  # never unpinned: the newest torch pulls gigabytes of CUDA
+from harness.venvs import TORCH_REQUIREMENT, venv_in_use
+
 # Installed at the versions the tests run with, so that pods and the flow agree.
 _SAME_AS_TESTS = ("metaflow", "boto3", "requests", "numpy")  # numpy: torch warns without it
-BUILD_TIMEOUT_SECONDS = 1200
-_COMPLETE = "rehearsal-complete"
 
 
 def requirements() -> list:
@@ -44,28 +38,7 @@ def _location() -> Path:
 def pod_python_env() -> Path:
     """The environment's directory (its ``bin/python`` is the pods' Python); built if missing.
 
-    Raises RuntimeError, with pip's output, when the build fails.
+    Raises ``harness.venvs.VenvBuildError``, with pip's output, when the build fails.
     """
-    location = _location()
-    complete = location / _COMPLETE
-    if complete.exists():
+    with venv_in_use(_location(), requirements(), "the pod environment") as location:
         return location
-    with open(f"{location}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if complete.exists():  # another process built it while we waited
-            return location
-        shutil.rmtree(location, ignore_errors=True)
-        # venv from a virtualenv's Python makes an environment of the base interpreter:
-        # nothing of the test environment's site-packages is visible in it.
-        subprocess.run([sys.executable, "-m", "venv", str(location)], check=True,
-                       capture_output=True, timeout=BUILD_TIMEOUT_SECONDS)
-        installed = subprocess.run(
-            [str(location / "bin" / "python"), "-m", "pip", "install", "--quiet",
-             "--disable-pip-version-check", *requirements()],
-            capture_output=True, text=True, timeout=BUILD_TIMEOUT_SECONDS,
-        )
-        if installed.returncode != 0:
-            shutil.rmtree(location, ignore_errors=True)
-            raise RuntimeError(f"building the pod environment failed:\n{installed.stderr[-4000:]}")
-        complete.write_text(" ".join(requirements()) + "\n")
-    return location

@@ -22,6 +22,8 @@ Flag = Tuple[str, Optional[str]]  # (name as written without dashes, value or No
 
 # Each worker line is prefixed with its global rank by torchrun's log tailer.
 LINE_PREFIX_TEMPLATE = "[rank${rank}]: "
+# What torchrun sets to 1 for the workers when unset and more than one process runs per node.
+OMP_NUM_THREADS = "OMP_NUM_THREADS"
 
 # torchrun flags that run() sets itself, keyed by their canonical name, with
 # the reason a user cannot set them.
@@ -309,9 +311,20 @@ class LaunchPlan:
         ]
 
     def environment(self, base: Mapping[str, str]) -> Dict[str, str]:
-        """The agent's environment: ``base`` plus the rank prefix of worker lines."""
+        """The agent's environment: ``base`` plus the rank prefix of worker lines and,
+        with more than one process per node, ``OMP_NUM_THREADS=1`` unless ``base`` sets it.
+
+        The workers inherit it. torchrun sets ``OMP_NUM_THREADS=1`` itself in
+        that case, so that N processes do not each start a thread per core,
+        and logs an 8-line banner saying so; setting it here keeps torchrun's
+        behaviour without the banner. With ``nproc_per_node="auto"`` the count
+        is known only to torchrun, which then decides (and says so) itself.
+        """
         env = dict(base)
         env["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] = LINE_PREFIX_TEMPLATE
+        processes = whole_number(self.nproc_per_node)
+        if OMP_NUM_THREADS not in env and processes is not None and processes > 1:
+            env[OMP_NUM_THREADS] = "1"
         return env
 
 
