@@ -180,7 +180,7 @@ def test_bad_input_is_refused_before_anything_starts(flows):
     expected = {
         "missing entrypoint": "entrypoint 'no_such_script.py' not found: looked for "
         + str(Path(__file__).parent / "flows" / "no_such_script.py"),
-        "entrypoint type": "entrypoint must be the path of a script, not int",
+        "entrypoint type": "entrypoint must be the path of a script or a function, not int",
         "entrypoint and module": "give exactly one of entrypoint=",
         "neither entrypoint nor module": "give exactly one of entrypoint=",
         "missing module": "module='no_such_package.train': no module or package 'no_such_package'",

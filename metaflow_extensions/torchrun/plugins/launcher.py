@@ -14,18 +14,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 from rendezvous.outcome import OUTCOME_FILE_VAR, read_outcome
 from rendezvous.topology import Topology, read_topology
 
 from . import post_mortem, worker_bootstrap
 from .command import LaunchPlan, NprocSpec, parse_torchrun_args, plan_launch, resolve_nproc_per_node
-from .exceptions import TorchrunArgumentError
+from .exceptions import TorchrunArgumentError, TorchrunFailed
 from .local_nodes import LocalNodes, NodeFailure
 from .log_pump import LogPump
-from .program import ArgsSpec, entrypoint_argv, resolve_entrypoint
+from .program import (
+    FUNCTION,
+    ArgsSpec,
+    EntrypointSpec,
+    entrypoint_argv,
+    function_call,
+    resolve_entrypoint,
+)
 from .step_settings import StepSettings, TaskIdentity
 
 _POLL_SECONDS = 0.1
@@ -50,12 +57,47 @@ class TorchrunResult:
             rounds on this node (``--max-restarts`` allows them).
         log_dir: directory with this node's per-rank logs:
             ``<rdzv id>_*/attempt_<n>/<local rank>/{stdout,stderr}.log``.
+        return_values: for a function entrypoint, ``{global rank: returned
+            value}`` of the ranks that ran on this node, from the attempt that
+            succeeded; empty for a script or module.
     """
 
     exit_code: int
     wall_time: float
     restarts: int
     log_dir: str
+    return_values: Dict[int, Any] = field(default_factory=dict)
+
+    @property
+    def value(self) -> Any:
+        """What global rank 0 returned, on the node that ran it (node 0); None elsewhere."""
+        return self.return_values.get(0)
+
+
+# Arguments of the original metaflow-torchrun's run(), which it checked and then
+# ignored, with what to use instead.
+_REMOVED_OPTIONS = {
+    "push_results_dir_to_cloud": "return what the step needs from a function entrypoint "
+    "(result.value) and store it as an artifact, or save files with Metaflow's S3 client",
+    "local_output_dir": "return the results from a function entrypoint (result.value) and "
+    "store them as artifacts (self.x = ...)",
+    "cloud_output_dir": "store results as artifacts (self.x = result.value), which go to the "
+    "flow's datastore",
+}
+
+
+def refuse_removed_options(given: Mapping[str, object]) -> None:
+    """Refuse the original package's output-directory options (any value), saying what to use.
+
+    Raises:
+        TorchrunArgumentError: one of them was given.
+    """
+    for name, instead in _REMOVED_OPTIONS.items():
+        if given.get(name) is not None:
+            raise TorchrunArgumentError(
+                f"{name} is not supported: the original metaflow-torchrun accepted it but "
+                f"never used it. Instead, {instead}."
+            )
 
 
 class TorchrunLauncher:
@@ -63,6 +105,9 @@ class TorchrunLauncher:
 
     ``local_nodes``, on node 0 of a local run, are the other nodes: ``run``
     stops at once when one of them dies instead of waiting for it to join.
+    ``topology`` fixes the job's layout (one node, for
+    ``TorchrunSingleNodeMultiGPU``); by default each call reads the one
+    Metaflow's ``@parallel`` set in the environment.
     """
 
     def __init__(
@@ -71,21 +116,26 @@ class TorchrunLauncher:
         flow_dir: str,
         settings: StepSettings,
         local_nodes: Optional[LocalNodes] = None,
+        topology: Optional[Topology] = None,
     ):
         self._task = task
         self._flow_dir = flow_dir
         self._settings = settings
         self._local_nodes = local_nodes
+        self._topology = topology
         self._calls = 0
 
     def run(
         self,
-        entrypoint: Optional[str] = None,
+        entrypoint: EntrypointSpec = None,
         entrypoint_args: ArgsSpec = None,
         nproc_per_node: NprocSpec = None,
         torchrun_args: ArgsSpec = None,
         *,
         module: Optional[str] = None,
+        push_results_dir_to_cloud: object = None,
+        local_output_dir: object = None,
+        cloud_output_dir: object = None,
     ) -> TorchrunResult:
         """Run a torchrun program on every node of this step and wait for it.
 
@@ -95,12 +145,17 @@ class TorchrunLauncher:
 
         Parameters
         ----------
-        entrypoint : str, optional
-            Path of the script, relative to the flow file's directory or absolute.
+        entrypoint : str or function, optional
+            Path of the script, relative to the flow file's directory or
+            absolute; or a function defined at the top level of the flow file,
+            of a module next to it or of an installed package, which every
+            worker calls once (see ``result.return_values``).
         entrypoint_args : dict or list, optional
-            The script's arguments. A dict gives ``--key value`` in order
-            (``True``: bare ``--key``; ``False``/``None``: left out; a list:
-            ``--key v1 v2``), values through ``str()`` only. A list is passed as given.
+            The program's arguments. For a script, a dict gives ``--key value``
+            in order (``True``: bare ``--key``; ``False``/``None``: left out; a
+            list: ``--key v1 v2``), values through ``str()`` only, and a list is
+            passed as given. For a function, a dict gives keyword arguments and
+            a list or tuple positional ones, any values that pickle.
         nproc_per_node : int or "auto", optional
             Worker processes per node. Default: ``--nproc-per-node`` in
             ``torchrun_args``, else ``@torchrun(nproc_per_node)``, else the GPUs
@@ -113,11 +168,15 @@ class TorchrunLauncher:
         module : str, optional
             Instead of ``entrypoint``: a module to run like ``python -m module``,
             found from the flow file's directory.
+        push_results_dir_to_cloud, local_output_dir, cloud_output_dir
+            Options of the original metaflow-torchrun, which ignored them:
+            refused, with what to use instead.
 
         Returns
         -------
         TorchrunResult
-            Exit code, wall time, restarts and the per-rank log directory.
+            Exit code, wall time, restarts, the per-rank log directory, and a
+            function's return values (``result.value`` is rank 0's, on node 0).
 
         Raises
         ------
@@ -126,41 +185,62 @@ class TorchrunLauncher:
         TorchrunFailed
             A rank, a node or the rendezvous failed; names what failed first.
         """
+        refuse_removed_options({
+            "push_results_dir_to_cloud": push_results_dir_to_cloud,
+            "local_output_dir": local_output_dir,
+            "cloud_output_dir": cloud_output_dir,
+        })
         flags = parse_torchrun_args(torchrun_args)
-        program_args = entrypoint_argv(entrypoint_args)
+        entry = resolve_entrypoint(entrypoint, module, self._flow_dir)
+        if entry.kind == FUNCTION:
+            program: Union[bytes, List[str]] = function_call(entrypoint_args)
+        else:
+            program = entrypoint_argv(entrypoint_args)
         nproc = resolve_nproc_per_node(
             nproc_per_node,
             flags.nproc_per_node,
             self._settings.nproc_per_node,
             self._settings.requested_gpus,
         )
-        entry = resolve_entrypoint(entrypoint, module, self._flow_dir)
-        topology = _read_topology()
+        topology = self._topology or _read_topology()
         self._calls += 1
         rdzv_id = self._task.rendezvous_id(topology.control_task_id, self._calls)
         port = self._settings.master_port
-        plan = plan_launch(
-            python=sys.executable,
-            num_nodes=topology.num_nodes,
-            nproc_per_node=nproc,
-            rdzv_id=rdzv_id,
-            # The backend puts node 0's address in front of a bare ":port"; for
-            # a bare address it takes @kubernetes(port=...) or derives the port
-            # from the rdzv id. (Passing an
-            # endpoint also keeps torchrun from warning about master_addr.)
-            rdzv_endpoint=f":{port}" if port else topology.main_ip,
-            join_timeout=self._settings.join_timeout,
-            default_log_dir=os.path.join(
-                tempfile.gettempdir(), "metaflow-torchrun", rdzv_id, f"node-{topology.node_index}"
-            ),
-            flags=flags,
-            bootstrap=os.path.abspath(worker_bootstrap.__file__),
-            entry=entry,
-            program_args=program_args,
-        )
-        return self._launch(plan, topology.node_index)
+        with tempfile.TemporaryDirectory(prefix="torchrun-agent-") as scratch:
+            returned_dir = os.path.join(scratch, "returned")
+            if isinstance(program, bytes):
+                # The function's arguments go to the workers in a file; their
+                # return values come back in a directory beside it.
+                call_file = os.path.join(scratch, "call.pickle")
+                with open(call_file, "wb") as call:
+                    call.write(program)
+                program_args = [call_file, returned_dir]
+            else:
+                program_args = program
+            plan = plan_launch(
+                python=sys.executable,
+                num_nodes=topology.num_nodes,
+                nproc_per_node=nproc,
+                rdzv_id=rdzv_id,
+                # The backend puts node 0's address in front of a bare ":port"; for
+                # a bare address it takes @kubernetes(port=...) or derives the port
+                # from the rdzv id. (Passing an
+                # endpoint also keeps torchrun from warning about master_addr.)
+                rdzv_endpoint=f":{port}" if port else topology.main_ip,
+                join_timeout=self._settings.join_timeout,
+                default_log_dir=os.path.join(
+                    tempfile.gettempdir(), "metaflow-torchrun", rdzv_id,
+                    f"node-{topology.node_index}",
+                ),
+                flags=flags,
+                bootstrap=os.path.abspath(worker_bootstrap.__file__),
+                entry=entry,
+                program_args=program_args,
+            )
+            result = self._launch(plan, topology, os.path.join(scratch, "outcome.json"))
+            return replace(result, return_values=_return_values(returned_dir, plan))
 
-    def _launch(self, plan: LaunchPlan, node_index: int) -> TorchrunResult:
+    def _launch(self, plan: LaunchPlan, topology: Topology, outcome_path: str) -> TorchrunResult:
         try:
             os.makedirs(plan.log_dir, exist_ok=True)
         except OSError as error:
@@ -169,10 +249,9 @@ class TorchrunLauncher:
                 f"{error.strerror or error}. Choose a writable one with "
                 f"torchrun_args={{'log_dir': ...}}."
             ) from None
-        with tempfile.TemporaryDirectory(prefix="torchrun-agent-") as scratch:
-            return self._supervise(plan, node_index, os.path.join(scratch, "outcome.json"))
+        return self._supervise(plan, topology, outcome_path)
 
-    def _supervise(self, plan: LaunchPlan, node_index: int, outcome_path: str) -> TorchrunResult:
+    def _supervise(self, plan: LaunchPlan, topology: Topology, outcome_path: str) -> TorchrunResult:
         """Run the agent to its end, stopping it if a local peer died; say how it ended.
 
         The backend writes its summary to ``outcome_path`` when it ends the agent.
@@ -180,7 +259,11 @@ class TorchrunLauncher:
         started = time.monotonic()
         agent = subprocess.Popen(
             plan.command,
-            env={**plan.environment(os.environ), OUTCOME_FILE_VAR: outcome_path},
+            env={
+                **plan.environment(os.environ),
+                **topology.environment(),
+                OUTCOME_FILE_VAR: outcome_path,
+            },
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -219,7 +302,7 @@ class TorchrunLauncher:
             else:
                 backend_summary, agent_stderr = read_outcome(outcome_path), pump.tail(1)
             raise post_mortem.failure(
-                plan, node_index, returncode, backend_summary, agent_stderr, peer_failure
+                plan, topology.node_index, returncode, backend_summary, agent_stderr, peer_failure
             )
         return TorchrunResult(
             exit_code=returncode,
@@ -227,6 +310,18 @@ class TorchrunLauncher:
             restarts=max(0, len(post_mortem.attempt_dirs(plan)) - 1),
             log_dir=plan.log_dir,
         )
+
+
+def _return_values(results_dir: str, plan: LaunchPlan) -> Dict[int, Any]:
+    try:
+        return worker_bootstrap.read_return_values(results_dir)
+    except Exception as error:  # unpickling raises whatever the value's classes raise
+        raise TorchrunFailed(
+            f"every rank succeeded, but a return value cannot be unpickled in this task: "
+            f"{type(error).__name__}: {error}. Return values whose classes this task can "
+            f"import (numbers, strings, lists, dicts, tensors).",
+            log_dir=plan.log_dir,
+        ) from None
 
 
 def _read_topology() -> Topology:

@@ -1,8 +1,10 @@
 """Runs a user's torchrun program, unchanged, inside each worker process.
 
 torchrun starts ``python -u worker_bootstrap.py KIND TARGET SEARCH_DIR ARGS...``
-where KIND is ``script`` (TARGET is a file) or ``module`` (TARGET is a dotted
-name found from SEARCH_DIR). The bootstrap
+where KIND is ``script`` (TARGET is a file), ``module`` (TARGET is a dotted
+name found from SEARCH_DIR) or ``function`` (TARGET is ``module:qualname``,
+ARGS are the file of its pickled arguments and the directory for its return
+value). The bootstrap
 
 - makes the worker die with its torchrun agent (``PR_SET_PDEATHSIG`` on
   Linux), so that a killed agent leaves no worker holding a GPU;
@@ -10,7 +12,10 @@ name found from SEARCH_DIR). The bootstrap
   write ``print("x")`` as two writes, and the agent's log tailer could then
   split a line between two rank prefixes;
 - runs TARGET as ``__main__`` with ``sys.argv`` and ``sys.path[0]`` as
-  ``python TARGET ARGS`` or ``python -m TARGET ARGS`` would set them;
+  ``python TARGET ARGS`` or ``python -m TARGET ARGS`` would set them; or
+  imports a function's module from SEARCH_DIR, calls the function once with
+  its arguments and saves what it returned, pickled (``save_return_value``;
+  ``read_return_values`` reads the values back for the launcher);
 - on an uncaught exception, writes torchelastic's error file (so the agent and
   the other nodes can name the failing rank and its error; ``first_error``
   reads it back for the launcher), prints the traceback without the
@@ -28,15 +33,17 @@ uses the standard library only and must stay importable without Metaflow.
 import atexit
 import ctypes
 import glob
+import importlib
 import json
 import os
+import pickle
 import runpy
 import signal
 import sys
 import threading
 import time
 import traceback
-from typing import List, NamedTuple, NoReturn, Optional
+from typing import Any, Dict, List, NamedTuple, NoReturn, Optional
 
 _PR_SET_PDEATHSIG = 1
 # How long destroying the program's process groups may take. NCCL's destroy can
@@ -64,11 +71,16 @@ def die_with_parent(sig: int, expected_parent: Optional[int] = None) -> None:
         os._exit(1)
 
 
+# Frames of the machinery between the bootstrap and the user's first line.
+_LAUNCH_MODULES = ("runpy", "importlib", "importlib._bootstrap", "importlib._bootstrap_external")
+
+
 def _user_traceback(error: BaseException) -> str:
     """The traceback of ``error`` from the user's first frame on."""
     tb = error.__traceback__
     while tb is not None and (
-        tb.tb_frame.f_globals is globals() or tb.tb_frame.f_globals.get("__name__") == "runpy"
+        tb.tb_frame.f_globals is globals()
+        or tb.tb_frame.f_globals.get("__name__") in _LAUNCH_MODULES
     ):
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(error), error, tb))
@@ -130,6 +142,74 @@ def first_error(attempt_dir: str) -> Optional[WorkerError]:
     return min(found)[1] if found else None
 
 
+class ReturnValueError(Exception):
+    """A function entrypoint returned a value that cannot be pickled."""
+
+
+def _return_value_path(results_dir: str, attempt: str, rank: str) -> str:
+    return os.path.join(results_dir, f"attempt_{attempt}", f"rank_{rank}.pickle")
+
+
+def save_return_value(value: object, results_dir: str) -> None:
+    """Save this worker's return value, pickled, for the launcher.
+
+    The file is named by the attempt (torchrun's restart count) and the global
+    rank, and appears whole or not at all.
+
+    Raises:
+        ReturnValueError: the value cannot be pickled; the message names the
+            rank and the type.
+    """
+    rank = os.environ.get("RANK", "")
+    try:
+        data = pickle.dumps(value)
+    except Exception as error:  # pickle raises many types (PicklingError, TypeError, ...)
+        raise ReturnValueError(
+            f"rank {rank} returned a value of type {type(value).__module__}."
+            f"{type(value).__qualname__} that cannot be pickled ({error}). Return plain values "
+            f"(numbers, strings, lists, dicts, tensors), or save the object to a file and "
+            f"return its path."
+        ) from None
+    path = _return_value_path(results_dir, os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"), rank)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".partial", "wb") as partial:
+        partial.write(data)
+    os.replace(path + ".partial", path)
+
+
+def read_return_values(results_dir: str) -> Dict[int, Any]:
+    """``{global rank: value}`` saved by this node's workers in their last attempt.
+
+    Only the last attempt counts: values of an attempt that failed and was
+    restarted are left behind. Empty when no worker saved one (a script).
+
+    Raises:
+        pickle.UnpicklingError, ImportError, AttributeError, ...: a value cannot
+            be unpickled here; whatever unpickling raised.
+    """
+    attempts = glob.glob(os.path.join(results_dir, "attempt_*"))
+    if not attempts:
+        return {}
+    last = max(attempts, key=lambda path: int(path.rsplit("_", 1)[1]))
+    values = {}
+    for path in glob.glob(os.path.join(last, "rank_*.pickle")):
+        rank = int(os.path.basename(path)[len("rank_"):-len(".pickle")])
+        with open(path, "rb") as saved:
+            values[rank] = pickle.load(saved)
+    return dict(sorted(values.items()))
+
+
+def run_function(target: str, call_file: str, results_dir: str) -> None:
+    """Import the function ``module:qualname``, call it once, save what it returned."""
+    module_name, _, qualname = target.partition(":")
+    function: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        function = getattr(function, part)
+    with open(call_file, "rb") as call:
+        args, kwargs = pickle.load(call)
+    save_return_value(function(*args, **kwargs), results_dir)
+
+
 def end_process_groups() -> None:
     """Destroy the process groups a successful program left initialized, within a bound.
 
@@ -184,7 +264,10 @@ def main(argv: List[str]) -> None:
     sys.path[0] = search_dir
     sys.argv = [target, *args]  # run_module replaces argv[0] with the module's file
     try:
-        if kind == "module":
+        if kind == "function":
+            sys.argv = [target]
+            run_function(target, *args)
+        elif kind == "module":
             runpy.run_module(target, run_name="__main__", alter_sys=True)
         else:
             runpy.run_path(target, run_name="__main__")
