@@ -1,5 +1,8 @@
 """Multi-node DDP training of a small regression model on synthetic data, with snapshots.
 
+``train`` is the whole job of one rank and returns the final epoch's loss; the flow
+calls it on every rank (``current.torch.run(entrypoint=train, ...)``), and
+``torchrun train.py --total-epochs 3 --snapshot-path s.pt`` runs it as a script.
 Rank 0 saves a snapshot (model, optimizer, epochs done) every ``--save-every`` epochs.
 At start, rank 0 loads the snapshot if there is one and sends it to every other rank,
 so only node 0 needs the file: the nodes share no file system. A job restarted by
@@ -89,7 +92,8 @@ class Trainer:
         torch.save(snapshot, partial)
         partial.replace(self.snapshot_path)
 
-    def _run_epoch(self, epoch: int) -> None:
+    def _run_epoch(self, epoch: int) -> float:
+        """Train one epoch; return its mean loss over every rank's batches."""
         self.data.sampler.set_epoch(epoch)
         loss_sum = torch.zeros(2, device=self.device)  # sum of losses, number of batches
         for inputs, targets in self.data:
@@ -100,39 +104,58 @@ class Trainer:
             self.optimizer.step()
             loss_sum += torch.stack([loss.detach(), torch.ones((), device=self.device)])
         dist.all_reduce(loss_sum)
+        loss = (loss_sum[0] / loss_sum[1]).item()
         if self.rank == 0:
-            print(f"epoch {epoch} loss {(loss_sum[0] / loss_sum[1]).item():.4f}", flush=True)
+            print(f"epoch {epoch} loss {loss:.4f}", flush=True)
+        return loss
 
-    def train(self, total_epochs: int) -> None:
+    def train(self, total_epochs: int) -> Optional[float]:
+        """Train up to ``total_epochs``; return the last epoch's loss (None if none was left)."""
+        loss = None
         for epoch in range(self.epochs_run, total_epochs):
-            self._run_epoch(epoch)
+            loss = self._run_epoch(epoch)
             if self.rank == 0 and ((epoch + 1) % self.save_every == 0 or epoch + 1 == total_epochs):
                 self._save_snapshot(epoch + 1)
+        return loss
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--total-epochs", type=int, required=True, help="train until this many epochs are done")
-    parser.add_argument("--snapshot-path", type=Path, required=True)
-    parser.add_argument("--save-every", type=int, default=1, help="epochs between snapshots")
-    parser.add_argument("--batch-size", type=int, default=32, help="per process")
-    parser.add_argument("--samples", type=int, default=2048)
-    args = parser.parse_args()
+def train(
+    total_epochs: int,
+    snapshot_path: str,
+    save_every: int = 1,
+    batch_size: int = 32,
+    samples: int = 2048,
+) -> Optional[float]:
+    """One rank's job: train until ``total_epochs`` are done; return the last epoch's loss.
 
+    ``batch_size`` is per process. Rank 0 loads and saves the snapshot at ``snapshot_path``.
+    """
     device = init_distributed()
-    dataset = synthetic_dataset(args.samples)
-    data = DataLoader(dataset, batch_size=args.batch_size, sampler=DistributedSampler(dataset))
+    dataset = synthetic_dataset(samples)
+    data = DataLoader(dataset, batch_size=batch_size, sampler=DistributedSampler(dataset))
     torch.manual_seed(0)  # the same initial weights in every run
     model = nn.Sequential(nn.Linear(FEATURES, 64), nn.ReLU(), nn.Linear(64, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    trainer = Trainer(model, data, optimizer, device, args.snapshot_path, args.save_every)
-    trainer.train(args.total_epochs)
+    trainer = Trainer(model, data, optimizer, device, Path(snapshot_path), save_every)
+    final_loss = trainer.train(total_epochs)
     # Wait for rank 0's last snapshot, and drop the DDP wrapper before its
     # process group: tearing a group down under a live DDP reducer, or while a
     # peer still works, can abort the process at exit.
     dist.barrier()
     del trainer
     dist.destroy_process_group()
+    return final_loss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--total-epochs", type=int, required=True, help="train until this many epochs are done")
+    parser.add_argument("--snapshot-path", required=True)
+    parser.add_argument("--save-every", type=int, default=1, help="epochs between snapshots")
+    parser.add_argument("--batch-size", type=int, default=32, help="per process")
+    parser.add_argument("--samples", type=int, default=2048)
+    args = parser.parse_args()
+    train(args.total_epochs, args.snapshot_path, args.save_every, args.batch_size, args.samples)
 
 
 if __name__ == "__main__":
