@@ -13,6 +13,7 @@ this cannot show). One run per case family, to keep the time down:
 - a rank raising on the worker pod fails the run, naming the rank.
 """
 
+import json
 import re
 import subprocess
 from typing import Dict
@@ -96,6 +97,19 @@ def test_inherited_step_with_gpus_and_port(clean_cluster):
                for world, local, port, _ in workers.values()), workers
     pods = {rank: host.split(".")[0].rsplit("-", 3)[1] for rank, (*_, host) in workers.items()}
     assert pods == {0: "control", 1: "control", 2: "worker", 3: "worker"}, workers
+    # a function entrypoint of the flow's neighbour module, run on the pods: each node
+    # returns its own ranks' values, rank 0's is result.value on node 0
+    returned = {}
+    for line in run.task_lines("join"):
+        if line.startswith("RETURNED "):
+            node, value, values = re.fullmatch(r"RETURNED node=(\d) value=(.*) values=(.*)", line).groups()
+            returned[int(node)] = (json.loads(value), json.loads(values))
+    hosts = {rank: host.split(".")[0] for rank, (*_, host) in workers.items()}
+    for node in (0, 1):
+        value, values = returned[node]
+        assert values == {str(rank): {"rank": 1000 + rank, "host": hosts[rank]}
+                          for rank in (2 * node, 2 * node + 1)}, returned
+        assert value == (values["0"] if node == 0 else None)
 
 
 def test_control_pod_starting_late(clean_cluster):
