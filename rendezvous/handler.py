@@ -42,7 +42,7 @@ from .store import (
     wipe_worker_keys,
 )
 from .topology import NUM_NODES_VAR, Topology, read_topology
-from .watcher import Watcher
+from .watcher import Watcher, wake_every_node
 
 logger = logging.getLogger(__name__)
 
@@ -136,9 +136,7 @@ class MetaflowRendezvousHandler(RendezvousHandler):
             self._open(deadline)
         target = self._round + 1
         if target > 0:
-            # Ask the other nodes to follow; if one already asked, this is a no-op.
-            round_key = self._keys.round
-            self._main.call(lambda store: store.compare_set(round_key, str(target - 1), str(target)))
+            self._main.call(lambda store: self._ask_for_round(store, target))
         self._join(target, deadline)
         self._round = target
         logger.info(
@@ -179,7 +177,10 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         if self.topology.is_control:
             self._server = host_store(self.host, self.port, timeout)
             beats = [self._keys.heartbeat(i) for i in range(self.topology.num_nodes)]
-            self._server.multi_set(beats + [self._keys.round], ["0"] * (len(beats) + 1))
+            self._server.multi_set(
+                beats + [self._keys.round, self._keys.failures],
+                ["0"] * (len(beats) + 1) + [""],
+            )
             # Set last: the other nodes take it as "the store is ready".
             self._server.compare_set(self._keys.job, "", self.run_id)
             store: Store = self._server
@@ -202,7 +203,8 @@ class MetaflowRendezvousHandler(RendezvousHandler):
             connect_store(self.host, self.port, timeout), self.endpoint, timeout
         )
         self._watcher = Watcher(
-            self._keys, self.settings, self.topology, self._side, joined=self.joined_a_round
+            self._keys, self.settings, self.topology, self._side, joined=self.joined_a_round,
+            host=self.host, port=self.port,
         )
         self._watcher.start()
         self._export_socket_ifname()
@@ -220,6 +222,12 @@ class MetaflowRendezvousHandler(RendezvousHandler):
                 "workers: %s", self.node_index, self.endpoint, interface,
                 " ".join(f"{name}={value}" for name, value in chosen.items()) or "nothing",
             )
+
+    def _ask_for_round(self, store: Store, round_: int) -> None:
+        """Ask every node to follow into ``round_``; only the first node to ask wakes them."""
+        keys = self._keys
+        if store.add(keys.asked(round_), 1) == 1:
+            wake_every_node(store, keys, self.topology.num_nodes, {keys.round: str(round_)})
 
     def _join(self, round_: int, deadline: float) -> None:
         num_nodes = self.topology.num_nodes

@@ -10,13 +10,18 @@ ours lives below it, and anything else in the store belongs to the workers
 The keys of one job, all below ``metaflow-torchrun/<rdzv id>/``:
 
 - ``round``: the newest round any node asked for (restart requests move it up).
+- ``r<N>/asked``: how many nodes asked for round N; the first one moves
+  ``round`` and wakes every node.
 - ``r<N>/count``, ``r<N>/members``: arrivals in round N; the last arrival checks
   the member list and sets ``r<N>/complete``, which the others wait on.
 - ``r<N>/agent/``: the store handed to torch's agent for round N (rank
   assignment, exit barrier).
 - ``hb/<i>``: heartbeat counter of node i; node 0 watches them all.
 - ``failures``: one record per failing node, in the order they were recorded;
-  see ``rendezvous.failures``.
+  see ``rendezvous.failures``. ``failure_count`` counts them; the node whose
+  record is the first wakes every node.
+- ``wake/<i>``: exists when node i has a change of the job to read (a failure,
+  a new round asked for); node i waits for it, deletes it, then reads.
 - ``closed``: one count per node that finished; node 0 waits for them before
   taking the store down.
 """
@@ -30,7 +35,7 @@ class JobKeys:
     Attributes:
         namespace: the prefix of every key of the backend, of any job.
         job: the key naming the job whose node 0 hosts the store.
-        round, failures, closed: the job's keys of those names.
+        round, failures, failure_count, closed: the job's keys of those names.
     """
 
     def __init__(self, run_id: str):
@@ -40,10 +45,14 @@ class JobKeys:
         self.job = _NAMESPACE + "job"
         self.round = prefix + "round"
         self.failures = prefix + "failures"
+        self.failure_count = prefix + "failure_count"
         self.closed = prefix + "closed"
 
     def count(self, round_: int) -> str:
         return f"{self._prefix}r{round_}/count"
+
+    def asked(self, round_: int) -> str:
+        return f"{self._prefix}r{round_}/asked"
 
     def members(self, round_: int) -> str:
         return f"{self._prefix}r{round_}/members"
@@ -57,6 +66,9 @@ class JobKeys:
 
     def heartbeat(self, node: int) -> str:
         return f"{self._prefix}hb/{node}"
+
+    def wake(self, node: int) -> str:
+        return f"{self._prefix}wake/{node}"
 
 
 __all__ = ["JobKeys"]

@@ -6,10 +6,12 @@ from typing import Mapping
 
 from .errors import ConfigError
 
-# Keys that torch's launcher adds to every backend's config on its own
-# (LaunchConfig injects ``timeout``); accepted and ignored so that a user's
-# typo in one of our keys can still be refused.
-_KEYS_TORCH_ADDS = frozenset({"timeout"})
+# Keys accepted and ignored, so that a user's typo in one of our keys can
+# still be refused: ``timeout``, which torch's launcher adds to every backend's
+# config on its own (LaunchConfig injects it), and ``poll_interval``, which
+# earlier versions polled the store at; nothing polls now (see
+# ``rendezvous.watcher``), and old command lines keep working.
+_KEYS_IGNORED = frozenset({"timeout", "poll_interval"})
 
 
 @dataclass(frozen=True)
@@ -23,10 +25,8 @@ class RendezvousSettings:
             fails naming the missing nodes.
         heartbeat_interval: how often a node tells the store it is alive.
         heartbeat_timeout: how long a node may stay silent (agent killed,
-            network cut) before the job is failed naming it; also the time
-            after which an unanswering store counts as unreachable.
-        poll_interval: how often a node looks for a failure elsewhere or a
-            restart round asked for by another node.
+            network cut) before the job is failed naming it; also how long
+            node 0's store may answer nothing before it counts as unreachable.
         close_timeout: how long node 0 keeps the store up at the end so the
             other nodes can read how the job ended.
     """
@@ -34,7 +34,6 @@ class RendezvousSettings:
     join_timeout: float = 600.0
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 15.0
-    poll_interval: float = 0.1
     close_timeout: float = 5.0
 
     def __post_init__(self) -> None:
@@ -58,7 +57,7 @@ class RendezvousSettings:
             ConfigError: an unknown key, or a value that is not a positive number.
         """
         known = {field.name for field in fields(cls)}
-        unknown = sorted(set(config) - known - _KEYS_TORCH_ADDS)
+        unknown = sorted(set(config) - known - _KEYS_IGNORED)
         if unknown:
             raise ConfigError(
                 f"unknown --rdzv-conf key(s) {', '.join(unknown)} for the metaflow backend; "

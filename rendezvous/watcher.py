@@ -1,40 +1,78 @@
-"""The background thread of one node: heartbeats, restart requests, failures."""
+"""The background threads of one node: heartbeats, and changes of the job (failures, restarts).
+
+Nothing polls. A node learns of a change because node 0's store answers a
+``wait`` when the change happens: each node waits on a key of its own,
+``wake/<i>``, which whoever changes the job sets for every node in one
+``multi_set``. So while a job trains, each node costs node 0 one heartbeat
+per ``heartbeat_interval`` and nothing else.
+"""
 
 import logging
 import threading
 import time
+from datetime import timedelta
 from typing import Callable, Dict, List, Optional, Tuple
+
+from torch.distributed import DistError, DistStoreError, Store
 
 from .errors import JobFailedError, StoreUnreachableError
 from .failures import OWN, FailureKind, FailureRecord, parse_failures
 from .failures import root_cause as root_cause_of
 from .keys import JobKeys
 from .settings import RendezvousSettings
-from .store import BoundedConnection
+from .store import BoundedConnection, connect_store
 from .topology import Topology
 
 logger = logging.getLogger(__name__)
 
+# How long one wait for a change lasts before it is renewed. A wait that ends
+# by its timeout costs node 0 a cancel and logs a TCPStore warning, so it is
+# long; nothing depends on it ending: stop() wakes the waiting thread itself.
+_CHANGE_WAIT = timedelta(hours=1)
 
-class Watcher(threading.Thread):
-    """Background thread of one node: heartbeats, restart requests, failures.
 
-    It sends this node's heartbeat, reads the newest requested round and the
-    ``failures`` key, and on node 0 fails the job when another node's heartbeat
-    stops. It talks over a connection of its own (``side``), which the handler
-    also uses once its main connection may be stuck in an abandoned call: to
-    publish a failure, read the members of a round, or close. A call on
-    ``side`` that gets no answer within ``heartbeat_timeout`` means node 0 is
-    unreachable.
+def wake_every_node(store: Store, keys: JobKeys, num_nodes: int,
+                    also: Optional[Dict[str, str]] = None) -> None:
+    """Set ``also`` (key: value) and every node's wake key in one request, in that order.
+
+    A node woken this way reads the job's state after its wake, so it sees
+    whatever ``also`` changed.
+    """
+    also = also or {}
+    names = list(also) + [keys.wake(node) for node in range(num_nodes)]
+    store.multi_set(names, list(also.values()) + ["1"] * num_nodes)
+
+
+class Watcher:
+    """The two background threads of one node, and what they found.
+
+    - The heartbeat thread adds one to this node's heartbeat counter every
+      ``heartbeat_interval`` over ``side``; on node 0 it also fails the job
+      when another node's counter stops for ``heartbeat_timeout``. Node 0
+      counts as unreachable once it answered nothing for ``heartbeat_timeout``
+      (a heartbeat unanswered until then).
+    - The change thread waits, over a connection of its own, until this
+      node's ``wake/<i>`` key exists; then it deletes the key, reads the
+      newest requested round and the failure records in one request, and
+      waits again. A change made before the delete is in what it reads; one
+      made after sets the key again. Whoever records the job's first failure,
+      or first asks for a round, wakes every node (``wake_every_node``). A
+      change thread that loses node 0's store (the process went away) fails
+      the job at once.
+
+    ``side`` is also what the handler uses once its main connection may be
+    stuck in an abandoned call: to publish a failure, read the members of a
+    round, or close.
 
     Args:
         keys: the keys of this node's job.
         settings: the intervals and timeouts to keep.
         topology: this node's index and the number of nodes.
-        side: the connection to node 0's store the watcher talks over.
+        side: the connection to node 0's store the heartbeats go over.
         joined: whether this node joined a round yet. Until then, node 0
             takes a node that never sent a heartbeat for one still starting
             (the join timeout covers it), not for a silent one.
+        host, port: node 0's store, for the change thread's own connection.
     """
 
     def __init__(
@@ -44,29 +82,49 @@ class Watcher(threading.Thread):
         topology: Topology,
         side: BoundedConnection,
         joined: Callable[[], bool],
+        host: str,
+        port: int,
     ):
-        super().__init__(name="metaflow-rdzv-watch", daemon=True)
         self._keys = keys
         self._settings = settings
         self._topology = topology
         self._side = side
         self._joined = joined
+        self._host = host
+        self._port = port
         self._requested_round = 0
         self._failure: Optional[JobFailedError] = None
+        self._failure_lock = threading.Lock()
         # Nodes node 0 found silent: they will never close, so none waits for them.
         self._silent_nodes: List[int] = []
         self._stop_event = threading.Event()
         self._heartbeats: Dict[int, Tuple[int, float]] = {}
+        self._threads = [
+            threading.Thread(target=self._beat, name="metaflow-rdzv-heartbeat", daemon=True),
+            threading.Thread(target=self._follow_changes, name="metaflow-rdzv-changes",
+                             daemon=True),
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
+        """End both threads: wake this node's change thread, wait for both (bounded)."""
         self._stop_event.set()
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(self._side.call_timeout)
+        wake_key = self._keys.wake(self._topology.node_index)
+        try:
+            self._side.call(lambda store: store.set(wake_key, "1"))
+        except StoreUnreachableError:
+            pass  # node 0 is gone: the change thread's wait fails by itself
+        for thread in self._threads:
+            if thread.is_alive() and threading.current_thread() is not thread:
+                thread.join(self._side.call_timeout)
 
     # What the watcher found so far
 
     def requested_round(self) -> int:
-        """The newest round any node asked for, as of the last poll."""
+        """The newest round any node asked for, as of the last change seen."""
         return self._requested_round
 
     def failure(self) -> Optional[JobFailedError]:
@@ -77,6 +135,11 @@ class Watcher(threading.Thread):
         """The nodes node 0 failed the job for because their heartbeats stopped."""
         return list(self._silent_nodes)
 
+    def _fail(self, failure: Optional[JobFailedError]) -> None:
+        """Keep ``failure`` unless one is known already: the first one seen stays."""
+        with self._failure_lock:
+            self._failure = self._failure or failure
+
     # Reading and writing the failure records
 
     def failure_records(self) -> List[FailureRecord]:
@@ -86,9 +149,7 @@ class Watcher(threading.Thread):
             StoreUnreachableError: node 0 did not answer.
         """
         key = self._keys.failures
-        return self._side.call(
-            lambda store: parse_failures(store.get(key)) if store.check([key]) else []
-        )
+        return self._side.call(lambda store: parse_failures(store.get(key)))
 
     def root_cause(self) -> Optional[JobFailedError]:
         """The root cause of the failure records in the store (``None`` when there are none).
@@ -104,49 +165,72 @@ class Watcher(threading.Thread):
         Raises:
             StoreUnreachableError: node 0 did not answer.
         """
-        self._failure = self.root_cause() or self._failure
+        cause = self.root_cause()
+        with self._failure_lock:
+            self._failure = cause or self._failure
 
     def publish_failure(self, reason: str, node: int, kind: FailureKind = OWN) -> None:
-        """Record that ``node`` failed, and why. Never raises."""
-        key = self._keys.failures
+        """Record that ``node`` failed, and why; the job's first record wakes every node. Never raises."""
+        keys = self._keys
         record = FailureRecord(str(node), kind, reason).encode()
+        num_nodes = self._topology.num_nodes
+
+        def record_and_wake(store: Store) -> None:
+            store.append(keys.failures, record)
+            # Only the first record wakes anyone: every node stops at the first
+            # failure it sees, and later records are read when nodes close.
+            if store.add(keys.failure_count, 1) == 1:
+                wake_every_node(store, keys, num_nodes)
+
         try:
-            self._side.call(lambda store: store.append(key, record))
+            self._side.call(record_and_wake)
         except StoreUnreachableError as error:
             logger.warning("metaflow rendezvous: could not tell the other nodes: %s", error)
 
-    # The thread
+    # The heartbeat thread
 
-    def run(self) -> None:
+    def _beat(self) -> None:
         settings = self._settings
+        interval = settings.heartbeat_interval
         heartbeat_key = self._keys.heartbeat(self._topology.node_index)
-        round_key = self._keys.round
-        next_beat = 0.0
-        # The first poll waits one interval: at the start of a round it would
-        # only compete with the round's own calls for node 0 and the CPU.
-        while not self._stop_event.wait(settings.poll_interval):
+        last_answer = time.monotonic()
+        # Every node beats at the same instants, the multiples of the interval
+        # on the wall clock: node 0's store then reads many beats per wake-up
+        # of its thread instead of waking once per beat, which is most of what
+        # a beat costs it. (The first beat also comes after the round's own calls.)
+        while not self._stop_event.wait(interval - time.time() % interval):
             now = time.monotonic()
+            # Node 0 is unreachable once silent for heartbeat_timeout since its
+            # last answer, as a node is for node 0; a thread that got no CPU
+            # for long still gives it heartbeat_timeout less one interval.
+            deadline = max(last_answer + settings.heartbeat_timeout,
+                           now + settings.heartbeat_timeout - interval)
             try:
-                if now >= next_beat:
-                    self._side.call(lambda store: store.add(heartbeat_key, 1))
-                    if self._topology.is_control:
-                        self._check_heartbeats(now)
-                    next_beat = now + settings.heartbeat_interval
-                self._requested_round = self._side.call(lambda store: store.add(round_key, 0))
-                self._failure = self._failure or self.root_cause()
+                self._side.call(lambda store: store.add(heartbeat_key, 1), deadline)
+                last_answer = time.monotonic()
+                # Node 0 reads the counters half an interval after the beats,
+                # so that no beat is in flight while it reads.
+                if self._topology.is_control and not self._stop_event.wait(interval / 2):
+                    self._check_heartbeats(time.monotonic())
             except StoreUnreachableError as error:
-                self._failure = JobFailedError(
-                    f"the control node (node 0, rendezvous store at {self._side.endpoint}) is "
-                    f"unreachable: {error}. Its own log says why.",
-                    node_index=0,
-                )
+                self._fail(self._unreachable(error))
             if self._failure is not None:
                 return
+
+    def _unreachable(self, error: BaseException) -> JobFailedError:
+        return JobFailedError(
+            f"the control node (node 0, rendezvous store at {self._side.endpoint}) is "
+            f"unreachable: {error}. Its own log says why.",
+            node_index=0,
+        )
 
     def _check_heartbeats(self, now: float) -> None:
         others = range(1, self._topology.num_nodes)
         keys = [self._keys.heartbeat(i) for i in others]
         counts = self._side.call(lambda store: store.multi_get(keys))
+        # A beat first seen by this read was sent at the last beat instant,
+        # half an interval ago: the node has been silent that much longer.
+        slack = self._settings.heartbeat_interval / 2
         for node, raw in zip(others, counts):
             count = int(raw)
             last_count, since = self._heartbeats.get(node, (-1, now))
@@ -155,16 +239,43 @@ class Watcher(threading.Thread):
             # Before the first round forms, a node that never beat may just be
             # starting (the join timeout covers it); after, it must beat.
             elif (count > 0 or self._joined()) and (
-                now - since > self._settings.heartbeat_timeout
+                now - since + slack > self._settings.heartbeat_timeout
             ):
                 reason = (
-                    f"stopped sending heartbeats {now - since:.0f} s ago (its agent was "
-                    f"killed, or the network to it is cut)"
+                    f"stopped sending heartbeats {now - since + slack:.0f} s ago (its agent "
+                    f"was killed, or the network to it is cut)"
                 )
                 self._silent_nodes.append(node)
                 self.publish_failure(reason, node)
-                self._failure = self.root_cause()
+                self._fail(self.root_cause())
                 return
 
+    # The change thread
 
-__all__ = ["Watcher"]
+    def _follow_changes(self) -> None:
+        keys = self._keys
+        wake_key = keys.wake(self._topology.node_index)
+        state_keys = [keys.round, keys.failures]
+        try:
+            store = connect_store(self._host, self._port, self._settings.heartbeat_timeout)
+            while not self._stop_event.is_set():
+                try:
+                    store.wait([wake_key], _CHANGE_WAIT)
+                except DistStoreError as error:
+                    if "timeout" in str(error):
+                        continue
+                    raise
+                if self._stop_event.is_set():
+                    return
+                store.delete_key(wake_key)
+                round_raw, failures_raw = store.multi_get(state_keys)
+                self._requested_round = int(round_raw)
+                self._fail(root_cause_of(parse_failures(failures_raw)))
+                if self._failure is not None:
+                    return
+        except (DistError, RuntimeError, StoreUnreachableError) as error:
+            if not self._stop_event.is_set():
+                self._fail(self._unreachable(str(error).splitlines()[0]))
+
+
+__all__ = ["Watcher", "wake_every_node"]

@@ -1,7 +1,8 @@
 """The child side: node 0's process, and processes that each host many simulated nodes.
 
-Every node is a real ``MetaflowRendezvousHandler`` with its real watcher and
-store connections; what a process adds is one "agent" loop for all its nodes,
+Every node is a real handler: a ``MetaflowRendezvousHandler`` with its real
+watcher and store connections, or torch's ``c10d`` handler built through the
+registry as torchrun builds it. What a process adds is one "agent" loop for all its nodes,
 which does what torch's agent does while workers are healthy: ask every node's
 ``num_nodes_waiting()`` every ``monitor_interval`` seconds, follow a restart
 into the next round, and stop the node when it raises ``JobFailedError``.
@@ -20,6 +21,9 @@ from multiprocessing.connection import Connection
 from typing import Dict, List
 
 from metaflow_extensions.torchrun.plugins.worker_bootstrap import die_with_parent
+from torch.distributed.elastic.rendezvous import RendezvousHandler, RendezvousParameters
+from torch.distributed.elastic.rendezvous.registry import get_rendezvous_handler
+
 from rendezvous.errors import JobFailedError
 from rendezvous.handler import MetaflowRendezvousHandler
 from rendezvous.settings import RendezvousSettings
@@ -30,16 +34,30 @@ LOOPBACK = "127.0.0.1"
 MONITOR_INTERVAL = 0.1
 
 
+def make_handler(backend: str, index: int, num_nodes: int, port: int, run_id: str,
+                 settings: RendezvousSettings) -> RendezvousHandler:
+    """Node ``index``'s handler of the given backend, its store at ``port`` on loopback."""
+    if backend == "metaflow":
+        return MetaflowRendezvousHandler(
+            Topology(index, num_nodes, LOOPBACK), settings, run_id, LOOPBACK, port)
+    # Without is_host, c10d guesses the host by comparing the endpoint with this
+    # machine's names, which every node on one machine matches; without
+    # local_addr it names nodes by socket.getfqdn().
+    return get_rendezvous_handler(RendezvousParameters(
+        backend=backend, endpoint=f"{LOOPBACK}:{port}", run_id=run_id, min_nodes=num_nodes,
+        max_nodes=num_nodes, local_addr=LOOPBACK, is_host=str(index == 0).lower(),
+        join_timeout=str(int(settings.join_timeout))))
+
+
 class _Host:
     """The nodes of one process, the agent loop over them, and the pipe to the parent."""
 
-    def __init__(self, pipe: Connection, indices: List[int], num_nodes: int, port: int,
-                 run_id: str, settings: RendezvousSettings):
+    def __init__(self, pipe: Connection, backend: str, indices: List[int], num_nodes: int,
+                 port: int, run_id: str, settings: RendezvousSettings):
         self._pipe = pipe
         self._send_lock = threading.Lock()
-        self._handlers: Dict[int, MetaflowRendezvousHandler] = {
-            index: MetaflowRendezvousHandler(
-                Topology(index, num_nodes, LOOPBACK), settings, run_id, LOOPBACK, port)
+        self._handlers: Dict[int, RendezvousHandler] = {
+            index: make_handler(backend, index, num_nodes, port, run_id, settings)
             for index in indices
         }
         self._active = set(indices)  # nodes the agent loop still watches
@@ -107,13 +125,13 @@ class _Host:
             self._handlers[index].shutdown()
 
 
-def host_process(pipe: Connection, indices: List[int], num_nodes: int, port: int, run_id: str,
-                 settings: RendezvousSettings, parent_pid: int) -> None:
+def host_process(pipe: Connection, backend: str, indices: List[int], num_nodes: int, port: int,
+                 run_id: str, settings: RendezvousSettings, parent_pid: int) -> None:
     """Entry of a forked child hosting ``indices``; obeys the parent's commands until told to go."""
     status = 1
     try:
         die_with_parent(signal.SIGKILL, parent_pid)
-        host = _Host(pipe, indices, num_nodes, port, run_id, settings)
+        host = _Host(pipe, backend, indices, num_nodes, port, run_id, settings)
         host.send("ready", indices[0])
         while True:
             command, argument = pipe.recv()

@@ -61,8 +61,8 @@ class Job:
     ``alone`` names nodes that get a process of their own (to be silenced by SIGSTOP).
     """
 
-    def __init__(self, num_nodes: int, settings: RendezvousSettings, timeout: float,
-                 alone: Tuple[int, ...] = ()):
+    def __init__(self, backend: str, num_nodes: int, settings: RendezvousSettings,
+                 timeout: float, alone: Tuple[int, ...] = ()):
         self.num_nodes = num_nodes
         self.timeout = timeout
         port = _free_port()
@@ -82,7 +82,7 @@ class Job:
                 ours, theirs = context.Pipe()
                 process = context.Process(
                     target=host_process,
-                    args=(theirs, indices, num_nodes, port, run_id, settings, os.getpid()),
+                    args=(theirs, backend, indices, num_nodes, port, run_id, settings, os.getpid()),
                     daemon=True)
                 process.start()
                 theirs.close()
@@ -155,17 +155,15 @@ def _idle_cpu(job: Job, settle: float, window: float) -> float:
 def _form_round(job: Job) -> float:
     """Node 0 first, then every other node; seconds until the last ``next_rendezvous()`` returned."""
     start = time.monotonic()
-    job.command(0, "join")
-    for pipe in job._pipes[1:]:
-        pipe.send(("join", None))
+    job.broadcast("join")
     rounds = job.collect("round", job.num_nodes)
     return max(rounds.values()) - start
 
 
-def measure_baseline(settings: RendezvousSettings, settle: float, window: float,
+def measure_baseline(backend: str, settings: RendezvousSettings, settle: float, window: float,
                      timeout: float) -> float:
     """Node 0's CPU per second when it is the job's only node."""
-    job = Job(1, settings, timeout)
+    job = Job(backend, 1, settings, timeout)
     try:
         _form_round(job)
         return _idle_cpu(job, settle, window)
@@ -173,13 +171,16 @@ def measure_baseline(settings: RendezvousSettings, settle: float, window: float,
         job.close()
 
 
-def measure_job(num_nodes: int, settings: RendezvousSettings, parts: List[str], settle: float,
-                window: float, timeout: float) -> Figures:
-    """Round, idle CPU, restart and failure in one job; a silent node in a second one."""
+def measure_job(backend: str, num_nodes: int, settings: RendezvousSettings, parts: List[str],
+                settle: float, window: float, timeout: float) -> Figures:
+    """Round, idle CPU, restart and failure in one job; a silent node in a second one.
+
+    The last node is the one that restarts, fails, or falls silent.
+    """
     figures = Figures(num_nodes)
     last = num_nodes - 1
     if {"round", "idle", "restart", "failure"} & set(parts):
-        job = Job(num_nodes, settings, timeout)
+        job = Job(backend, num_nodes, settings, timeout)
         try:
             figures.round_s = _form_round(job)
             if "idle" in parts:
@@ -197,15 +198,16 @@ def measure_job(num_nodes: int, settings: RendezvousSettings, parts: List[str], 
         finally:
             job.close()
     if "silent" in parts:
-        job = Job(num_nodes, settings, timeout, alone=(last,))
+        job = Job(backend, num_nodes, settings, timeout, alone=(last,))
         try:
             _form_round(job)
             time.sleep(settle)
             silenced = time.monotonic()
             os.kill(job.pid_of(last), signal.SIGSTOP)
-            stopped = job.collect("stopped", 1, timeout=settings.heartbeat_timeout * 3 + 10)
-            figures.silent_detected_s = stopped[0] - silenced if 0 in stopped else (
-                min(stopped.values()) - silenced)
+            # Node 0 fails the job, and every node but the silent one stops.
+            stopped = job.collect("stopped", num_nodes - 1,
+                                  timeout=settings.heartbeat_timeout * 2 + timeout)
+            figures.silent_detected_s = stopped[0] - silenced
         finally:
             job.close()
     return figures

@@ -1,0 +1,167 @@
+"""Node 0's store answers changes when they happen: nothing polls it, and every node still sees them.
+
+Real TCPStores on loopback, watchers and handlers in this process (node 0's
+store in a child process where a test takes it away).
+"""
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from rendezvous.errors import JobFailedError
+from rendezvous.failures import PEER_LOST
+from rendezvous.handler import MetaflowRendezvousHandler
+from rendezvous.keys import JobKeys
+from rendezvous.settings import RendezvousSettings
+from rendezvous.store import BoundedConnection, connect_store, host_store, wait_until_listening
+from rendezvous.topology import Topology
+from rendezvous.watcher import Watcher, wake_every_node
+
+LOOPBACK = "127.0.0.1"
+NUM_NODES = 3
+# Heartbeats so rare that in these tests the watchers send none: whatever a
+# watcher learns, it learns because the store answered its wait.
+QUIET = RendezvousSettings(join_timeout=30, heartbeat_interval=100, heartbeat_timeout=200)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+def _until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.fixture
+def job():
+    """Node 0's store set up as node 0's handler sets it up, and a watcher per node."""
+    port = _free_port()
+    server = host_store(LOOPBACK, port, 10)
+    keys = JobKeys("scale-test")
+    server.multi_set([keys.round, keys.failures], ["0", ""])
+    watchers = []
+    for node in range(NUM_NODES):
+        side = BoundedConnection(connect_store(LOOPBACK, port, 10), f"{LOOPBACK}:{port}", 10)
+        watcher = Watcher(keys, QUIET, Topology(node, NUM_NODES, LOOPBACK), side,
+                          joined=lambda: True, host=LOOPBACK, port=port)
+        watcher.start()
+        watchers.append(watcher)
+    yield server, keys, watchers
+    for watcher in watchers:
+        watcher.stop()
+
+
+def test_a_change_is_seen_when_the_store_wakes_the_nodes_not_before(job):
+    server, keys, watchers = job
+    # A record written without waking anyone stays unseen: nothing polls.
+    server.append(keys.failures, "2\town\tfirst\n")
+    time.sleep(0.5)
+    assert all(watcher.failure() is None for watcher in watchers)
+    wake_every_node(server, keys, NUM_NODES)
+    assert _until(lambda: all(watcher.failure() is not None for watcher in watchers))
+    assert all(watcher.failure().node_index == 2 for watcher in watchers)
+
+
+def test_the_first_failure_wakes_every_node_and_later_ones_wake_none(job):
+    server, keys, watchers = job
+    watchers[1].publish_failure("lost a peer", 1, PEER_LOST)
+    assert _until(lambda: all(watcher.failure() is not None for watcher in watchers))
+    watchers[2].publish_failure("raised", 2)
+    assert int(server.add(keys.failure_count, 0)) == 2
+    # Each node took its wake key off before reading; the second record set none again.
+    assert not any(server.check([keys.wake(node)]) for node in range(NUM_NODES))
+    # What a node reads when it closes names the node that failed of its own accord.
+    for watcher in watchers:
+        watcher.reread_failure()
+    assert all(watcher.failure().node_index == 2 for watcher in watchers)
+
+
+def test_stop_ends_both_threads_of_a_waiting_watcher(job):
+    _, _, watchers = job
+    threads = [thread for watcher in watchers for thread in watcher._threads]
+    assert all(thread.is_alive() for thread in threads)
+    for watcher in watchers:
+        watcher.stop()
+    assert not any(thread.is_alive() for thread in threads)
+
+
+def test_a_restart_asked_by_one_node_reaches_all_and_only_the_first_asker_wakes_them():
+    port = _free_port()
+    handlers = [
+        MetaflowRendezvousHandler(Topology(node, NUM_NODES, LOOPBACK), QUIET, "scale-restart",
+                                  LOOPBACK, port)
+        for node in range(NUM_NODES)
+    ]
+    keys = JobKeys("scale-restart")
+    try:
+        joins = [threading.Thread(target=handler.next_rendezvous) for handler in handlers]
+        for thread in joins:
+            thread.start()
+        for thread in joins:
+            thread.join(30)
+        assert all(handler.joined_a_round() for handler in handlers)
+        assert [handler.num_nodes_waiting() for handler in handlers] == [0, 0, 0]
+        asker = threading.Thread(target=handlers[2].next_rendezvous)
+        asker.start()
+        assert _until(lambda: handlers[0].num_nodes_waiting() == handlers[1].num_nodes_waiting() == 1)
+        followers = [threading.Thread(target=handler.next_rendezvous) for handler in handlers[:2]]
+        for thread in followers:
+            thread.start()
+        for thread in followers + [asker]:
+            thread.join(30)
+        assert [handler.num_nodes_waiting() for handler in handlers] == [0, 0, 0]
+        store = handlers[0]._server
+        assert int(store.add(keys.asked(1), 0)) == NUM_NODES
+        assert store.get(keys.round) == b"1"
+    finally:
+        # Node 0 waits for the others to close: all close at once.
+        closing = [threading.Thread(target=handler.shutdown) for handler in handlers]
+        for thread in closing:
+            thread.start()
+        for thread in closing:
+            thread.join(30)
+
+
+def test_a_store_that_goes_away_fails_the_job_at_once_not_after_heartbeat_timeout():
+    port = _free_port()
+    server = subprocess.Popen([
+        sys.executable, "-c",
+        "import sys, time; from rendezvous.store import host_store; "
+        f"store = host_store({LOOPBACK!r}, {port}, 10); "
+        "store.multi_set(sys.argv[1:], ['0', '']); time.sleep(60)",
+        *[JobKeys("scale-gone").round, JobKeys("scale-gone").failures],
+    ])
+    watcher = None
+    try:
+        assert wait_until_listening(LOOPBACK, port, time.monotonic() + 30)
+        side = BoundedConnection(connect_store(LOOPBACK, port, 10), f"{LOOPBACK}:{port}", 10)
+        watcher = Watcher(JobKeys("scale-gone"), QUIET, Topology(1, 2, LOOPBACK), side,
+                          joined=lambda: True, host=LOOPBACK, port=port)
+        watcher.start()
+        time.sleep(0.3)  # the change thread is connected and waiting
+        server.kill()
+        # heartbeat_timeout is 200 s: only the waiting connection can tell this soon.
+        assert _until(lambda: watcher.failure() is not None)
+        assert isinstance(watcher.failure(), JobFailedError)
+        assert "unreachable" in str(watcher.failure())
+    finally:
+        server.kill()
+        server.wait()
+        if watcher is not None:
+            watcher.stop()
+
+
+def test_poll_interval_of_earlier_versions_is_accepted_and_means_nothing():
+    assert RendezvousSettings.from_config({"poll_interval": "0.1"}) == RendezvousSettings()
+    assert not hasattr(RendezvousSettings(), "poll_interval")
