@@ -36,7 +36,8 @@ CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
 USERS_PATH = os.pathsep.join(["/usr/bin", "/bin"])
 # The line of every example README that says what to install: the package, then the example's own needs.
 _INSTALL_LINE = re.compile(r"^pip install metaflow-torchrun((?: +[^\s#]+)*) *(?:#.*)?$", re.MULTILINE)
-# What torch says when launched the way we launch; none of it is about the user's program.
+# What torch prints about how torchrun was started, and about a missing numpy: of these,
+# only the last can be about the program, from its own `import torch`.
 LAUNCHER_NOISE = ("Setting OMP_NUM_THREADS", "master_addr is only used", "Failed to initialize NumPy")
 
 # Hang protection only: a flow that hangs fails here instead of blocking the suite.
@@ -47,14 +48,15 @@ def declared_needs(example: str) -> List[str]:
     """The packages the example's README says to install beside metaflow-torchrun."""
     readme = (EXAMPLES / example / "README.md").read_text(encoding="utf-8")
     lines = _INSTALL_LINE.findall(readme)
-    assert len(lines) == 1, f"{example}/README.md: no one line 'pip install metaflow-torchrun ...'"
+    assert len(lines) == 1, f"{example}/README.md needs exactly one line 'pip install metaflow-torchrun ...'"
     return lines[0].split()
 
 
 @pytest.fixture(scope="session")
 def users_python() -> Iterator[Path]:
     """The Python of a user's install holding every example's declared needs (built on first use)."""
-    needs = [need for example in sorted(os.listdir(EXAMPLES)) for need in declared_needs(example)]
+    examples = sorted(folder.name for folder in EXAMPLES.iterdir() if folder.is_dir())
+    needs = [need for example in examples for need in declared_needs(example)]
     with users_install(needs) as python:
         yield python
 
@@ -123,7 +125,9 @@ def test_the_users_install_is_a_regular_one_off_path(users_python):
     assert Path(found[0]).is_relative_to(venv / "lib"), found  # installed, not the repository's
     assert found[1].startswith("2.13.0"), found
     site_packages = Path(found[0]).parent.parent
-    assert not list(site_packages.glob("__editable__*")) and not list(site_packages.glob("*.egg-link"))
+    # an editable install leaves a .pth file (or an .egg-link) that leads to the repository
+    leads_to_repo = [path.name for path in site_packages.glob("*.pth") if str(EXAMPLES.parent) in path.read_text()]
+    assert leads_to_repo == [] and not list(site_packages.glob("*.egg-link")), leads_to_repo
     python_on_path = shutil.which("python", path=USERS_PATH)
     assert python_on_path is None or not Path(python_on_path).is_relative_to(venv), python_on_path
 
