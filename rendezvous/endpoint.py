@@ -4,6 +4,7 @@ import hashlib
 from typing import Tuple
 
 from .errors import ConfigError
+from .topology import Topology
 
 # Derived ports stay below Linux's default ephemeral range (32768-60999), so an
 # outgoing connection of some other program is unlikely to hold one.
@@ -55,6 +56,21 @@ def parse_endpoint(endpoint: str, default_host: str, default_port: int) -> Tuple
             f"--rdzv-endpoint {endpoint!r}: the port must be an integer from 1 to 65535."
         )
     return host, port
+
+
+def store_address(endpoint: str, run_id: str, topology: Topology) -> Tuple[str, int]:
+    """Where node 0's store listens for job ``run_id``, as every node of the job computes it.
+
+    ``endpoint`` is the ``--rdzv-endpoint`` (may be empty or partial); a
+    missing host is node 0's address (``topology.main_ip``), a missing port
+    the one the compute layer declared (``@kubernetes(port=...)``), else
+    ``derive_port(run_id)``.
+
+    Raises:
+        ConfigError: a malformed ``endpoint`` (see ``parse_endpoint``).
+    """
+    default_port = topology.declared_port or derive_port(run_id)
+    return parse_endpoint(endpoint, topology.main_ip, default_port)
 
 
 def format_endpoint(host: str, port: int) -> str:

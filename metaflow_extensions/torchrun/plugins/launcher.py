@@ -4,7 +4,8 @@ Every node of a ``@torchrun`` step calls ``current.torch.run`` with the same
 arguments; each starts one agent, ``python -m rendezvous`` (torchrun with the
 ``metaflow`` backend), and the backend forms the job from the Metaflow nodes.
 This module plans the call (``command``), starts and supervises the agent, and
-leaves the reading of a failure to ``post_mortem``.
+leaves the reading of a failure to ``post_mortem``. With ``@card`` on the step,
+each call also feeds its section of the card (``job_card``).
 """
 
 import functools
@@ -23,6 +24,7 @@ from rendezvous.topology import Topology, read_topology
 from . import post_mortem, worker_bootstrap
 from .command import LaunchPlan, NprocSpec, parse_torchrun_args, plan_launch, resolve_nproc_per_node
 from .exceptions import TorchrunArgumentError, TorchrunFailed
+from .job_card import JobCard
 from .local_nodes import LocalNodes, NodeFailure
 from .log_pump import LogPump
 from .program import (
@@ -237,10 +239,12 @@ class TorchrunLauncher:
                 entry=entry,
                 program_args=program_args,
             )
-            result = self._launch(plan, topology, os.path.join(scratch, "outcome.json"))
+            card = JobCard.for_call(self._calls, plan, topology, self._settings, entrypoint_args)
+            result = self._launch(plan, topology, os.path.join(scratch, "outcome.json"), card)
             return replace(result, return_values=_return_values(returned_dir, plan))
 
-    def _launch(self, plan: LaunchPlan, topology: Topology, outcome_path: str) -> TorchrunResult:
+    def _launch(self, plan: LaunchPlan, topology: Topology, outcome_path: str,
+                card: Optional[JobCard]) -> TorchrunResult:
         try:
             os.makedirs(plan.log_dir, exist_ok=True)
         except OSError as error:
@@ -249,12 +253,14 @@ class TorchrunLauncher:
                 f"{error.strerror or error}. Choose a writable one with "
                 f"torchrun_args={{'log_dir': ...}}."
             ) from None
-        return self._supervise(plan, topology, outcome_path)
+        return self._supervise(plan, topology, outcome_path, card)
 
-    def _supervise(self, plan: LaunchPlan, topology: Topology, outcome_path: str) -> TorchrunResult:
+    def _supervise(self, plan: LaunchPlan, topology: Topology, outcome_path: str,
+                   card: Optional[JobCard]) -> TorchrunResult:
         """Run the agent to its end, stopping it if a local peer died; say how it ended.
 
         The backend writes its summary to ``outcome_path`` when it ends the agent.
+        ``card``, if given, sees every line of the agent and how it ended.
         """
         started = time.monotonic()
         agent = subprocess.Popen(
@@ -272,7 +278,10 @@ class TorchrunLauncher:
                 worker_bootstrap.die_with_parent, signal.SIGTERM, os.getpid()
             ),
         )
-        pump = LogPump([agent.stdout, agent.stderr], [sys.stdout, sys.stderr]).start()
+        pump = LogPump([agent.stdout, agent.stderr], [sys.stdout, sys.stderr],
+                       on_line=card.line if card is not None else None).start()
+        if card is not None:
+            card.start()
         peer_failure: Optional[NodeFailure] = None
         stop_at = float("inf")
         stopped_for_peer = False
@@ -293,6 +302,8 @@ class TorchrunLauncher:
         finally:
             if agent.poll() is None:  # interrupted (Ctrl-C, task killed): take the agent down
                 _stop(agent)
+                if card is not None:
+                    card.stop()
             pump.join()
         wall_time = time.monotonic() - started
         if returncode != 0 or peer_failure is not None:
@@ -301,9 +312,14 @@ class TorchrunLauncher:
                 backend_summary, agent_stderr = None, []
             else:
                 backend_summary, agent_stderr = read_outcome(outcome_path), pump.tail(1)
-            raise post_mortem.failure(
+            failure = post_mortem.failure(
                 plan, topology.node_index, returncode, backend_summary, agent_stderr, peer_failure
             )
+            if card is not None:
+                card.finish(returncode, failure)
+            raise failure
+        if card is not None:
+            card.finish(returncode, None)
         return TorchrunResult(
             exit_code=returncode,
             wall_time=wall_time,

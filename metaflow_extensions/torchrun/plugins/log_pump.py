@@ -4,12 +4,13 @@ torchrun's tailer already prefixes every worker line with the global rank and
 keeps per-rank files; this pump moves the agent's stdout and stderr to ours.
 Each stream has its own thread, so a flood on one never stalls the other or the
 agent; bytes that are not UTF-8 are replaced, never dropped; ``join`` returns
-only when both streams reached their end, so nothing is lost.
+only when both streams reached their end, so nothing is lost. An observer
+(``on_line``, the card's job state) may see every line as it is copied.
 """
 
 import threading
 from collections import deque
-from typing import BinaryIO, Deque, List, Optional, TextIO
+from typing import BinaryIO, Callable, Deque, List, Optional, TextIO
 
 _CHUNK = 1 << 16
 # A "line" longer than this is passed on in pieces, so that output without line
@@ -23,10 +24,15 @@ class LogPump:
     """Copy ``sources[i]`` to ``sinks[i]`` line by line, each pair in its own thread.
 
     The last ``keep_lines`` lines of every stream are kept for error messages.
+    ``on_line``, if given, is called with every line (without its line end)
+    after it was written, from the stream's thread; it must be quick and
+    thread-safe, and what it raises is not caught.
     """
 
-    def __init__(self, sources: List[BinaryIO], sinks: List[TextIO], keep_lines: int = 200):
+    def __init__(self, sources: List[BinaryIO], sinks: List[TextIO], keep_lines: int = 200,
+                 on_line: Optional[Callable[[str], None]] = None):
         self._pairs = list(zip(sources, sinks))
+        self._on_line = on_line
         self._tails: List[Deque[str]] = [deque(maxlen=keep_lines) for _ in self._pairs]
         self._threads = [
             threading.Thread(
@@ -61,17 +67,18 @@ class LogPump:
             pending += chunk
             end = pending.rfind(b"\n") + 1
             if end:
-                self._emit(sink, tail, pending[:end])
+                self._emit(sink, tail, pending[:end], self._on_line)
                 pending = pending[end:]
             if len(pending) > _MAX_LINE:
-                self._emit(sink, tail, pending + b"\n")
+                self._emit(sink, tail, pending + b"\n", self._on_line)
                 pending = b""
         if pending:
-            self._emit(sink, tail, pending + b"\n")
+            self._emit(sink, tail, pending + b"\n", self._on_line)
         source.close()
 
     @staticmethod
-    def _emit(sink: TextIO, tail: Deque[str], data: bytes) -> None:
+    def _emit(sink: TextIO, tail: Deque[str], data: bytes,
+              on_line: Optional[Callable[[str], None]]) -> None:
         """Write ``data`` (whole lines) one line per write, each flushed at once.
 
         One line per write because in a local run every node writes into the
@@ -90,4 +97,6 @@ class LogPump:
                 sink.write(text.encode("ascii", errors="backslashreplace").decode("ascii"))
             sink.flush()
             tail.append(text.rstrip("\n"))
+            if on_line is not None:
+                on_line(text.rstrip("\n"))
             start = end

@@ -1,0 +1,381 @@
+"""The per-rank state of one ``current.torch.run`` call, as this task sees it.
+
+One ``JobState`` per call, made only when the step has a card (see
+``job_card``). The launcher feeds it: every worker line the log pump copies
+(``line``), this node's attempt directories and error files (``scan``, which
+reads them through ``post_mortem`` and ``worker_bootstrap``), and how the
+agent ended (``finish``). The other nodes' ranks come in as the payloads their
+own ``JobState.payload`` made (``merge``), carried through node 0's store by
+``status_exchange``. Readers take a consistent copy with ``snapshot``.
+
+Times are wall-clock seconds (``time.time()``), so that the ranks of different
+nodes share one time axis on node 0's card.
+"""
+
+import os
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any, Deque, Dict, List, Optional, Tuple
+
+from . import post_mortem
+from .command import LaunchPlan, whole_number
+from .exceptions import TorchrunFailed
+from .worker_bootstrap import first_error
+
+STARTING = "starting"
+RUNNING = "running"
+DONE = "done"
+FAILED = "failed"
+# Ended by its agent because another rank failed; also the end of an attempt
+# that a restart replaced is marked RESTARTED in the rank's segments.
+STOPPED = "stopped"
+RESTARTED = "restarted"
+
+# How many of a rank's latest output lines the card shows and the store carries.
+LAST_LINES = 5
+# A line longer than this is cut for the card (the task's log has it whole).
+_LINE_CHARS = 200
+# The end of a failed rank's traceback that the card shows and the store carries.
+_TRACEBACK_LINES = 20
+# "[rank3]: text": the prefix command.LINE_PREFIX_TEMPLATE gives worker lines.
+_RANK_LINE = re.compile(r"^\[rank(\d+)\]: ?(.*)$", re.DOTALL)
+# The failing rank in a failure summary, as rendezvous.failures.describe_failure
+# ("global rank 3 (local rank 1) exited with code 1: ...") and
+# post_mortem.failure ("global rank 3 (node 1, local rank 1) failed with exit
+# code 1: ...") write it.
+_FAILED_RANK = re.compile(
+    r"global rank (\d+) \([^)]*\) (?:exited with code (-?\d+)|was killed by (\w+)"
+    r"|failed with exit code (-?\d+))"
+)
+
+
+@dataclass
+class Segment:
+    """One attempt of a rank: from its start to its end (None while it runs) and how it ended."""
+
+    attempt: int
+    start: float
+    end: Optional[float] = None
+    outcome: str = RUNNING
+
+
+@dataclass
+class RankState:
+    """One global rank: where it runs, its state, and its latest lines."""
+
+    rank: int
+    local_rank: int
+    node: int
+    state: str = STARTING
+    exit: str = ""  # "0", "1", "SIGKILL"; "" while unknown
+    error: str = ""  # a failed rank's error: the end of its traceback, else a summary
+    lines: Deque[str] = field(default_factory=lambda: deque(maxlen=LAST_LINES))
+    segments: List[Segment] = field(default_factory=list)
+
+    @property
+    def started(self) -> Optional[float]:
+        return self.segments[0].start if self.segments else None
+
+    @property
+    def ended(self) -> Optional[float]:
+        return self.segments[-1].end if self.segments else None
+
+    @property
+    def restarts(self) -> int:
+        return max(0, len(self.segments) - 1)
+
+    def wall_time(self, now: float) -> Optional[float]:
+        if self.started is None:
+            return None
+        return (self.ended or now) - self.started
+
+    def _start_attempt(self, attempt: int, at: float) -> None:
+        if self.segments and self.segments[-1].end is None:
+            self.segments[-1].end = at
+            self.segments[-1].outcome = RESTARTED
+        self.segments.append(Segment(attempt, at))
+        self.state = RUNNING
+        self.exit = ""
+
+    def _end(self, state: str, at: float, exit_text: str = "") -> None:
+        self.state = state
+        self.exit = exit_text or self.exit
+        if self.segments and self.segments[-1].end is None:
+            self.segments[-1].end = at
+            self.segments[-1].outcome = state
+
+    def to_payload(self) -> Dict[str, Any]:
+        return {
+            "rank": self.rank, "local_rank": self.local_rank, "node": self.node,
+            "state": self.state, "exit": self.exit, "error": self.error,
+            "lines": list(self.lines),
+            "segments": [[s.attempt, s.start, s.end, s.outcome] for s in self.segments],
+        }
+
+    @classmethod
+    def from_payload(cls, data: Dict[str, Any]) -> "RankState":
+        return cls(
+            rank=int(data["rank"]), local_rank=int(data["local_rank"]), node=int(data["node"]),
+            state=str(data["state"]), exit=str(data["exit"]), error=str(data["error"]),
+            lines=deque((str(line) for line in data["lines"]), maxlen=LAST_LINES),
+            segments=[Segment(int(a), float(s), None if e is None else float(e), str(o))
+                      for a, s, e, o in data["segments"]],
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A consistent copy of a ``JobState`` for a reader (the card).
+
+    ``ranks`` are sorted by global rank; ``failure`` is the call's error once
+    it failed; ``rounds`` are ``(wall time, attempt)`` of this node's attempts.
+    """
+
+    call: int
+    plan: LaunchPlan
+    node_index: int
+    num_nodes: int
+    settings: Tuple[Tuple[str, str], ...]
+    store_endpoint: str
+    started: float
+    ended: Optional[float]
+    ranks: Tuple[RankState, ...]
+    rounds: Tuple[Tuple[float, int], ...]
+    failure: Optional[TorchrunFailed]
+    failed_rank: Optional[int]
+    version: int
+
+
+class JobState:
+    """The ranks of one call: this node's from its own sources, the others' as merged.
+
+    Thread-safe: the log pump's threads call ``line``, the card's thread
+    ``scan``, ``merge``, ``payload`` and ``snapshot``, the launcher ``finish``.
+    ``version`` grows with every change, so readers can skip unchanged states.
+
+    Args:
+        call: the call's number in the task (1 for the first).
+        plan: the call's launch plan (layout, log directory).
+        node_index, num_nodes: this node and the job's size.
+        settings: ``(name, value)`` of the settings in effect, for people.
+        store_endpoint: ``host:port`` of node 0's store, once known
+            (``set_store_endpoint``), else as given to torchrun.
+    """
+
+    def __init__(
+        self,
+        call: int,
+        plan: LaunchPlan,
+        node_index: int,
+        num_nodes: int,
+        settings: Tuple[Tuple[str, str], ...],
+        store_endpoint: str,
+    ):
+        self._call = call
+        self._plan = plan
+        self._node = node_index
+        self._num_nodes = num_nodes
+        self._settings = settings
+        self._store_endpoint = store_endpoint
+        self._lock = threading.Lock()
+        self._started = time.time()
+        self._ended: Optional[float] = None
+        self._ranks: Dict[int, RankState] = {}
+        self._rounds: List[Tuple[float, int]] = []
+        self._failure: Optional[TorchrunFailed] = None
+        self._failed_rank: Optional[int] = None
+        self._version = 0
+        # Changes of a rank's state (not only of its lines), which the other
+        # nodes' payloads carry at once.
+        self._state_version = 0
+        self._payload_versions = (-1, -1)
+        nproc = whole_number(plan.nproc_per_node)
+        if nproc is not None:
+            # Every node runs the same number of processes and torchrun gives
+            # node i the global ranks i*nproc .. i*nproc+nproc-1 (the backend's
+            # group rank is the node index): the whole job is known up front.
+            for node in range(num_nodes if node_index == 0 else 1):
+                node = node if node_index == 0 else node_index
+                for local in range(nproc):
+                    rank = node * nproc + local
+                    self._ranks[rank] = RankState(rank, local, node)
+        self._nproc = nproc
+
+    @property
+    def node_index(self) -> int:
+        return self._node
+
+    @property
+    def version(self) -> int:
+        with self._lock:
+            return self._version
+
+    def set_store_endpoint(self, endpoint: str) -> None:
+        with self._lock:
+            self._store_endpoint = endpoint
+            self._version += 1
+            self._state_version += 1
+
+    def line(self, text: str) -> None:
+        """A line the agent wrote (as the log pump copies it); worker lines update their rank."""
+        match = _RANK_LINE.match(text)
+        if match is None:
+            return
+        rank = int(match.group(1))
+        content = match.group(2)[:_LINE_CHARS]
+        with self._lock:
+            state = self._ranks.get(rank)
+            if state is None or state.node != self._node:
+                return  # a rank of "auto" processes not yet seen on disk; scan adds it
+            state.lines.append(content)
+            if state.state == STARTING:
+                state._start_attempt(0, time.time())
+                self._state_version += 1
+            self._version += 1
+
+    def scan(self) -> None:
+        """Read this node's attempt directories: started attempts, and the first error file."""
+        attempts = post_mortem.attempt_dirs(self._plan)
+        now = time.time()
+        with self._lock:
+            changed = False
+            if self._nproc is None and attempts:
+                # "auto": torchrun chose the count; its first attempt shows it.
+                self._nproc = len(_local_ranks(attempts[0])) or None
+            for attempt_dir in attempts:
+                attempt = int(attempt_dir.rsplit("_", 1)[1])
+                if attempt in (number for _, number in self._rounds):
+                    continue
+                self._rounds.append((now, attempt))
+                for local in _local_ranks(attempt_dir):
+                    state = self._local_rank_state(local)
+                    if not state.segments or state.segments[-1].attempt < attempt:
+                        state._start_attempt(attempt, now)
+                changed = True
+            if attempts:
+                error = first_error(attempts[-1])
+                if error is not None:
+                    state = self._local_rank_state(error.local_rank)
+                    if state.state == RUNNING:
+                        lines = (error.traceback or error.message).rstrip().splitlines()
+                        state.error = "\n".join(lines[-_TRACEBACK_LINES:])
+                        state._end(FAILED, now, "1")  # the bootstrap exits 1 after an error
+                        changed = True
+            if changed:
+                self._version += 1
+                self._state_version += 1
+
+    def finish(self, returncode: int, failure: Optional[TorchrunFailed]) -> None:
+        """The agent ended, and with it every rank this state knows.
+
+        After a success every rank is done (on node 0: of every node); after a
+        failure the rank the failure names failed, and the others that still
+        ran were stopped.
+        """
+        self.scan()
+        now = time.time()
+        with self._lock:
+            self._ended = now
+            self._failure = failure
+            if failure is None:
+                # The agent succeeds only after the exit barrier, which every
+                # rank of every node reaches after it returned.
+                for state in self._ranks.values():
+                    if state.node == self._node or self._node == 0:
+                        state._end(DONE, now, "0")
+            else:
+                self._failed_rank, exit_text = _failed_rank(failure.summary)
+                for state in self._ranks.values():
+                    if state.rank == self._failed_rank and state.state != FAILED:
+                        state.error = state.error or failure.summary
+                        state._end(FAILED, now, exit_text)
+                    elif state.state in (STARTING, RUNNING):
+                        # Its agent stopped it, or (a rank of another node
+                        # whose last word did not reach us) the job ended it.
+                        state._end(STOPPED, now)
+            self._version += 1
+            self._state_version += 1
+
+    def payload(self, lines_due: bool) -> Optional[Dict[str, Any]]:
+        """This node's ranks for node 0, or None if there is nothing new to send.
+
+        A change of a rank's state is always new; new lines alone only when
+        ``lines_due``.
+        """
+        with self._lock:
+            sent_version, sent_state_version = self._payload_versions
+            if self._state_version == sent_state_version and (
+                not lines_due or self._version == sent_version
+            ):
+                return None
+            self._payload_versions = (self._version, self._state_version)
+            return {
+                "node": self._node,
+                "ranks": [s.to_payload() for s in self._ranks.values() if s.node == self._node],
+            }
+
+    def payload_lost(self) -> None:
+        """The last payload did not reach the store: the next ``payload`` is not None."""
+        with self._lock:
+            self._payload_versions = (-1, -1)
+
+    def merge(self, payload: Dict[str, Any]) -> None:
+        """Take another node's ranks from its ``payload`` (node 0 only); a finished rank stays so."""
+        node = int(payload["node"])
+        if node == self._node:
+            return
+        with self._lock:
+            for data in payload["ranks"]:
+                incoming = RankState.from_payload(data)
+                known = self._ranks.get(incoming.rank)
+                if known is not None and known.state in (DONE, FAILED) and self._ended:
+                    continue  # this node's final word (after the job ended) wins
+                self._ranks[incoming.rank] = incoming
+            self._version += 1
+            self._state_version += 1
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            ranks = tuple(
+                replace(s, lines=deque(s.lines, maxlen=LAST_LINES),
+                        segments=[replace(segment) for segment in s.segments])
+                for _, s in sorted(self._ranks.items())
+            )
+            return Snapshot(
+                call=self._call, plan=self._plan, node_index=self._node,
+                num_nodes=self._num_nodes, settings=self._settings,
+                store_endpoint=self._store_endpoint, started=self._started, ended=self._ended,
+                ranks=ranks, rounds=tuple(self._rounds), failure=self._failure,
+                failed_rank=self._failed_rank, version=self._version,
+            )
+
+    def _local_rank_state(self, local: int) -> RankState:
+        """This node's rank with local rank ``local`` (added when nproc_per_node was "auto")."""
+        for state in self._ranks.values():
+            if state.node == self._node and state.local_rank == local:
+                return state
+        rank = self._node * (self._nproc or 0) + local
+        state = RankState(rank, local, self._node)
+        self._ranks[rank] = state
+        return state
+
+
+def _local_ranks(attempt_dir: str) -> List[int]:
+    """The local ranks torchrun started in an attempt: its numbered per-rank directories."""
+    try:
+        names = os.listdir(attempt_dir)
+    except OSError:
+        return []
+    return sorted(int(name) for name in names if name.isdigit())
+
+
+def _failed_rank(summary: str) -> Tuple[Optional[int], str]:
+    """The global rank a failure summary names first, and its exit code or signal."""
+    match = _FAILED_RANK.search(summary)
+    if match is None:
+        return None, ""
+    code = match.group(2) or match.group(4)
+    return int(match.group(1)), code if code is not None else (match.group(3) or "")

@@ -1,0 +1,44 @@
+"""Two nodes x two processes in a @torchrun step with @card: the card shows the job.
+
+TORCHRUN_TEST_CARD_TYPE names the card type (default: Metaflow's "default").
+Each node prints its task's pathspec, so that a test can fetch its card.
+"""
+import json
+import os
+
+from metaflow import FlowSpec, Parameter, card, current, step, torchrun
+
+CARD_TYPE = os.environ.get("TORCHRUN_TEST_CARD_TYPE", "default")
+
+
+class CardJobFlow(FlowSpec):
+    script_args = Parameter("script_args", default="{}",
+                            help="JSON: entrypoint_args of workers/card_ranks.py")
+
+    @step
+    def start(self):
+        self.next(self.train, num_parallel=2)
+
+    @card(type=CARD_TYPE, refresh_interval=1)
+    @torchrun
+    @step
+    def train(self):
+        print(f"CARD TASK node={current.parallel.node_index} pathspec={current.pathspec}")
+        current.torch.run(
+            entrypoint="workers/card_ranks.py",
+            entrypoint_args=json.loads(self.script_args),
+            nproc_per_node=2,
+        )
+        self.next(self.join)
+
+    @step
+    def join(self, inputs):
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    CardJobFlow()

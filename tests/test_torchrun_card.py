@@ -1,0 +1,243 @@
+"""The card of a @torchrun step (tests/flows/card_job.py, 2 nodes x 2 processes), fetched with
+Metaflow's own client (metaflow.cards.get_cards): live while the ranks run, final after
+success, and with the root cause on a failed task's card; plus the pure parts of the card."""
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import List
+
+from harness.flow_runs import RunningFlow
+
+from metaflow_extensions.torchrun.plugins.job_card import _cell, _rank_table, _timeline
+from metaflow_extensions.torchrun.plugins.job_state import (
+    DONE,
+    FAILED,
+    RUNNING,
+    STOPPED,
+    JobState,
+    RankState,
+    Segment,
+    _failed_rank,
+)
+from metaflow_extensions.torchrun.plugins.command import plan_launch, parse_torchrun_args
+from metaflow_extensions.torchrun.plugins.program import Entrypoint
+
+# Prints the Markdown texts of every card of a task, once all `want` texts are among them
+# (or at the deadline): run with the flow's environment, so that Metaflow's client finds
+# the run.
+_CARD_READER = r"""
+import base64, json, re, sys, time
+from metaflow import Task
+from metaflow.cards import get_cards
+
+pathspec, timeout, want = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+deadline = time.monotonic() + timeout
+while True:
+    texts = []
+    try:
+        for card in get_cards(Task(pathspec, attempt=0)):
+            found = re.search(r'__MF_DATA__\["[^"]+"\] = "([^"]+)"', card.get())
+            stack = [json.loads(base64.b64decode(found.group(1)))]
+            while stack:
+                item = stack.pop()
+                if isinstance(item, dict):
+                    if item.get("type") == "markdown":
+                        texts.append(item["source"])
+                    stack.extend(item.values())
+                elif isinstance(item, list):
+                    stack.extend(item)
+    except Exception as error:  # no card saved yet
+        texts = [f"no card: {error}"]
+    if all(any(w in text for text in texts) for w in want) or time.monotonic() > deadline:
+        print(json.dumps(texts))
+        break
+    time.sleep(0.5)
+"""
+
+
+def card_env(flows) -> dict:
+    # Metaflow's local card store is ./.metaflow/mf.cards of the working directory (the
+    # runner's root), while its client reads cards below the run's datastore root: a datastore
+    # in the working directory, as users have it, makes the two the same place.
+    return {"METAFLOW_DATASTORE_SYSROOT_LOCAL": str(flows.root)}
+
+
+def card_texts(flows, pathspec: str, want: List[str] = (), timeout: float = 0) -> str:
+    """The Markdown of the task's cards, once it holds every text of ``want`` (or at timeout)."""
+    reader = subprocess.run(
+        [sys.executable, "-c", _CARD_READER, pathspec, str(timeout), *want],
+        env={**flows.env, **card_env(flows)}, cwd=flows.root, capture_output=True, text=True,
+        timeout=timeout + 60,
+    )
+    assert reader.returncode == 0, reader.stderr[-3000:]
+    return "\n".join(json.loads(reader.stdout))
+
+
+def row(rank: int, local: int, node: int, state: str) -> str:
+    marks = {RUNNING: "▶ running", DONE: "✔ done", FAILED: "✖ failed", STOPPED: "■ stopped"}
+    return f"| {rank} | {local} | {node} | {marks[state]} |"
+
+
+def task_pathspecs(output: str) -> dict:
+    return {int(node): path for node, path in
+            re.findall(r"CARD TASK node=(\d+) pathspec=(\S+)", output)}
+
+
+def test_card_is_live_while_ranks_run_then_shows_every_rank_done(flows):
+    """Default card: a refreshed card shows all 4 ranks running while they wait, then done."""
+    release = flows.root / "release"
+    running = RunningFlow(flows.start(
+        "card_job.py", "--script_args", json.dumps({"release-file": str(release)}),
+        env=card_env(flows),
+    ))
+    deadline = time.monotonic() + 60
+    while 0 not in task_pathspecs(running.output()):
+        assert running.process.poll() is None and time.monotonic() < deadline, running.output()
+        time.sleep(0.1)
+    paths = task_pathspecs(running.output())
+    everyone_running = [row(rank, rank % 2, rank // 2, RUNNING) for rank in range(4)]
+    live = card_texts(flows, paths[0], everyone_running, timeout=30)
+    for expected in everyone_running:
+        assert expected in live, live
+    assert "**Job running**" in live
+    release.touch()  # the ranks wait for it
+
+    run = running.finish(timeout=120)
+    assert run.returncode == 0, run.output[-4000:]
+    paths = task_pathspecs(run.output)
+    final = card_texts(flows, paths[0])
+    for rank in range(4):
+        assert row(rank, rank % 2, rank // 2, DONE) + " 0 |" in final, final
+        # Node 1's last lines reached node 0 through the store while its ranks waited.
+        assert f"started rank={rank}" in final or f"released rank={rank}" in final, final
+    assert "released rank=0" in final and "released rank=1" in final
+    assert "2 nodes x 2 processes, world size 4" in final
+    assert "**Job succeeded**" in final
+    # Node 1's card shows its own ranks only.
+    other = card_texts(flows, paths[1])
+    assert row(2, 0, 1, DONE) in other and row(3, 1, 1, DONE) in other
+    assert "released rank=2" in other and "released rank=3" in other
+    assert "| 0 | 0 | 0 |" not in other
+
+
+def test_failed_task_keeps_a_card_naming_the_failing_rank_and_its_error(flows):
+    """Blank card: rank 3 (node 1) raises; both failed tasks keep cards with the root cause."""
+    run = flows.run("card_job.py", "--script_args", '{"fail-rank": 3}',
+                    env={**card_env(flows), "TORCHRUN_TEST_CARD_TYPE": "blank"})
+    assert run.returncode != 0
+    paths = task_pathspecs(run.output)
+    node0 = card_texts(flows, paths[0])
+    assert row(3, 1, 1, FAILED) + " 1 |" in node0, node0
+    for rank in range(3):
+        assert row(rank, rank % 2, rank // 2, STOPPED) in node0, node0
+    assert "### Root cause" in node0
+    assert "**global rank 3 on node 1 (local rank 1), exit 1** failed first" in node0
+    assert "ValueError: bad batch on rank 3" in node0
+    node1 = card_texts(flows, paths[1])
+    assert row(3, 1, 1, FAILED) + " 1 |" in node1, node1
+    # The failing node's card has the end of the traceback, from its error file.
+    assert 'raise ValueError(f"bad batch on rank {rank}")' in node1
+
+
+def _plan(tmp_path: Path, nproc: str = "2"):
+    return plan_launch(
+        python=sys.executable, num_nodes=2, nproc_per_node=nproc, rdzv_id="job-a0-c1",
+        rdzv_endpoint="", join_timeout=600, default_log_dir=str(tmp_path),
+        flags=parse_torchrun_args(None), bootstrap="bootstrap.py",
+        entry=Entrypoint("script", "train.py", str(tmp_path)), program_args=[],
+    )
+
+
+def test_state_follows_lines_attempts_error_files_and_the_end(tmp_path):
+    state = JobState(1, _plan(tmp_path), node_index=0, num_nodes=2, settings=(),
+                     store_endpoint="h:1")
+    assert [r.rank for r in state.snapshot().ranks] == [0, 1, 2, 3]  # the whole job, up front
+    state.line("[rank1]: hello | world")
+    state.line("not a worker line")
+    attempt = tmp_path / "job-a0-c1_1_x" / "attempt_0"
+    for local in (0, 1):
+        (attempt / str(local)).mkdir(parents=True)
+    state.scan()
+    ranks = {r.rank: r for r in state.snapshot().ranks}
+    assert ranks[0].state == ranks[1].state == RUNNING
+    assert list(ranks[1].lines) == ["hello | world"]
+    # Node 1's ranks come from its payload; node 1's state only ever sends its own ranks.
+    other = JobState(1, _plan(tmp_path / "n1"), node_index=1, num_nodes=2, settings=(),
+                     store_endpoint="h:1")
+    other.line("[rank3]: from node 1")
+    payload = other.payload(lines_due=True)
+    assert [r["rank"] for r in payload["ranks"]] == [2, 3]
+    assert other.payload(lines_due=True) is None  # nothing new
+    state.merge(json.loads(json.dumps(payload)))
+    assert {r.rank: r.state for r in state.snapshot().ranks}[3] == RUNNING
+    # Rank 1 fails: its error file makes it failed at once, and the end fails the call.
+    (attempt / "1" / "error.json").write_text(json.dumps({"message": {
+        "message": "ValueError: boom", "extraInfo": {"py_callstack": "Traceback\nValueError: boom",
+                                                     "timestamp": "1", "rank": "1"}}}))
+    state.scan()
+    assert {r.rank: r.state for r in state.snapshot().ranks}[1] == FAILED
+    from metaflow_extensions.torchrun.plugins.exceptions import TorchrunFailed
+
+    state.finish(1, TorchrunFailed("global rank 1 (node 0, local rank 1) failed with exit "
+                                   "code 1: ValueError: boom"))
+    final = {r.rank: r for r in state.snapshot().ranks}
+    assert final[1].state == FAILED and final[1].exit == "1"
+    assert final[1].error.endswith("ValueError: boom")
+    assert [final[rank].state for rank in (0, 2, 3)] == [STOPPED] * 3
+
+
+def test_a_restart_ends_the_attempt_as_restarted(tmp_path):
+    state = JobState(1, _plan(tmp_path), node_index=1, num_nodes=2, settings=(),
+                     store_endpoint="h:1")
+    for attempt in (0, 1):
+        for local in (0, 1):
+            (tmp_path / "job-a0-c1_1_x" / f"attempt_{attempt}" / str(local)).mkdir(parents=True)
+        state.scan()
+    state.finish(0, None)
+    rank = state.snapshot().ranks[0]
+    assert rank.rank == 2 and rank.restarts == 1
+    assert [s.outcome for s in rank.segments] == ["restarted", DONE]
+
+
+def test_failure_summaries_name_the_rank_and_its_exit():
+    assert _failed_rank("node 1 failed first: global rank 3 (local rank 1) exited with code "
+                        "1: ValueError: x") == (3, "1")
+    assert _failed_rank("node 1 failed first: global rank 2 (local rank 0) was killed by "
+                        "SIGKILL") == (2, "SIGKILL")
+    assert _failed_rank("global rank 0 (node 0, local rank 0) failed with exit code 1: x") == (0, "1")
+    assert _failed_rank("JoinTimeoutError: nodes 1 missing") == (None, "")
+
+
+def test_markdown_cells_and_timeline_survive_odd_output():
+    assert _cell("a|b`c<d\ne") == "a\\|b\\`c&lt;d e"
+    rank = RankState(0, 0, 0, state=RUNNING, lines=deque(["x | y"]),
+                     segments=[Segment(0, 100.0)])
+
+    class Snap:
+        ranks = (rank,)
+        started = 99.0
+        ended = None
+        rounds = ((100.0, 0),)
+
+    assert "x \\| y" in _rank_table(Snap, now=101.0)
+    bars = _timeline(Snap, now=102.0)["layer"][0]["data"]["values"]
+    assert bars == [{"rank": "rank 0 (node 0)", "order": 0, "start": 1.0, "end": 3.0,
+                     "state": RUNNING, "attempt": 0}]
+
+
+def test_without_a_card_there_is_no_section_and_no_thread(tmp_path):
+    from rendezvous.topology import Topology
+
+    from metaflow_extensions.torchrun.plugins.job_card import JobCard
+    from metaflow_extensions.torchrun.plugins.step_settings import StepSettings
+
+    threads = threading.active_count()
+    card = JobCard.for_call(1, _plan(tmp_path), Topology(0, 2, "127.0.0.1"),
+                            StepSettings(None, None, 600, 0), None)
+    assert card is None and threading.active_count() == threads
