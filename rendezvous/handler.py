@@ -188,7 +188,7 @@ class MetaflowRendezvousHandler(RendezvousHandler):
             if not wait_until_listening(self.host, self.port, deadline):
                 raise self._join_timeout(0, [0])
             store = connect_store(self.host, self.port, timeout)
-        self._main = BoundedConnection(store, self.endpoint, timeout, abort=self._failure)
+        self._main = BoundedConnection(store, self.endpoint, timeout)
         job_key = self._keys.job
         if not self._main.wait([job_key], deadline):
             raise self._join_timeout(0, [0])
@@ -204,7 +204,7 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         )
         self._watcher = Watcher(
             self._keys, self.settings, self.topology, self._side, joined=self.joined_a_round,
-            host=self.host, port=self.port,
+            host=self.host, port=self.port, on_failure=self._main.abort,
         )
         self._watcher.start()
         self._export_socket_ifname()

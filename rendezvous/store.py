@@ -25,7 +25,8 @@ T = TypeVar("T")
 # milliseconds, not a whole interval, and one that waits long costs little.
 _CONNECT_PROBE_FIRST_INTERVAL = 0.002
 _CONNECT_PROBE_MAX_INTERVAL = 0.02
-_ABORT_CHECK_INTERVAL = 0.05
+# How long a call may still take to be answered once the connection was aborted.
+_ANSWER_GRACE = 0.05
 # How long after a wait's deadline TCPStore's own time-out reply may take.
 _WAIT_REPLY_GRACE = 2.0
 
@@ -100,7 +101,7 @@ class _Call:
 
     def __init__(self, operation: Callable[[Store], object]):
         self.operation = operation
-        self.finished = threading.Event()
+        self.finished = False
         self.succeeded = False
         self.value: object = None
 
@@ -110,40 +111,44 @@ class _Call:
             self.succeeded = True
         except BaseException as error:  # handed to the caller
             self.value = error
-        finally:
-            self.finished.set()
 
 
 class BoundedConnection:
-    """A client connection to node 0's store whose every call ends by a deadline.
+    """A client connection to node 0's store whose every call ends by a deadline, or on ``abort``.
 
     TCPStore honours its timeout in ``wait`` and ``get`` only: any call over a
     link that went silent (cable cut, host frozen) blocks forever, and a thread
     blocked in C++ also holds off Python's signal handlers. So the calls run on
-    a worker thread of the connection while the caller waits on an event,
-    asking ``abort`` every 50 ms whether to stop. A call that is given up on
-    leaves the worker stuck in the connection: the connection is then
-    abandoned and every later call fails at once.
+    a worker thread of the connection while the caller waits on a condition,
+    which the worker's answer, the deadline or ``abort`` ends (signal
+    handlers run during the wait). A call that is given up on leaves the worker stuck
+    in the connection: the connection is then abandoned and every later call
+    fails at once.
     """
 
-    def __init__(
-        self,
-        store: Store,
-        endpoint: str,
-        call_timeout: float,
-        abort: Callable[[], Optional[BaseException]] = lambda: None,
-    ):
+    def __init__(self, store: Store, endpoint: str, call_timeout: float):
         self.store = store
         self.endpoint = endpoint
         self.call_timeout = call_timeout
-        self._abort = abort
         self._abandoned: Optional[str] = None
+        self._aborted: Optional[BaseException] = None
+        self._changed = threading.Condition()
         self._calls: "queue.SimpleQueue[_Call]" = queue.SimpleQueue()
         threading.Thread(target=self._serve, name="metaflow-rdzv-store", daemon=True).start()
 
     def _serve(self) -> None:
         while True:
-            self._calls.get().run(self.store)
+            pending = self._calls.get()
+            pending.run(self.store)
+            with self._changed:
+                pending.finished = True
+                self._changed.notify_all()
+
+    def abort(self, reason: BaseException) -> None:
+        """Make every call still waiting for its answer, and every later one, raise ``reason``."""
+        with self._changed:
+            self._aborted = reason
+            self._changed.notify_all()
 
     def call(self, operation: Callable[[Store], T], deadline: Optional[float] = None) -> T:
         """Return ``operation(store)``; the deadline defaults to ``call_timeout`` from now.
@@ -151,7 +156,7 @@ class BoundedConnection:
         Raises:
             StoreUnreachableError: no answer by the deadline, the connection was
                 abandoned before, or the store failed (node 0 went away).
-            Whatever ``abort`` returns, when it returns something.
+            The reason given to ``abort``, once it was called.
         """
         if self._abandoned is not None:
             raise StoreUnreachableError(
@@ -162,17 +167,28 @@ class BoundedConnection:
             deadline = time.monotonic() + self.call_timeout
         pending = _Call(operation)
         self._calls.put(pending)
-        while not pending.finished.wait(_ABORT_CHECK_INTERVAL):
-            reason = self._abort()
-            if reason is not None:
-                self._abandoned = f"stopped waiting: {reason}"
-                raise reason
-            if time.monotonic() >= deadline:
-                self._abandoned = "no answer in time"
-                raise StoreUnreachableError(
-                    f"the rendezvous store at {self.endpoint} did not answer in time: node 0 "
-                    f"is down, frozen, or the network to it is cut"
+        with self._changed:
+            self._changed.wait_for(
+                lambda: pending.finished or self._aborted is not None,
+                max(0.0, deadline - time.monotonic()),
+            )
+            if not pending.finished and self._aborted is not None:
+                # An answer that comes at once still counts: after a failure
+                # elsewhere the agent's exit barrier adds its count, then waits.
+                self._changed.wait_for(
+                    lambda: pending.finished,
+                    max(0.0, min(deadline - time.monotonic(), _ANSWER_GRACE)),
                 )
+            finished, aborted = pending.finished, self._aborted
+        if not finished:
+            if aborted is not None:
+                self._abandoned = f"stopped waiting: {aborted}"
+                raise aborted
+            self._abandoned = "no answer in time"
+            raise StoreUnreachableError(
+                f"the rendezvous store at {self.endpoint} did not answer in time: node 0 "
+                f"is down, frozen, or the network to it is cut"
+            )
         if pending.succeeded:
             return pending.value  # type: ignore[return-value]
         if isinstance(pending.value, (DistError, RuntimeError)):

@@ -73,6 +73,7 @@ class Watcher:
             takes a node that never sent a heartbeat for one still starting
             (the join timeout covers it), not for a silent one.
         host, port: node 0's store, for the change thread's own connection.
+        on_failure: called once with the first failure found (by either thread).
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class Watcher:
         joined: Callable[[], bool],
         host: str,
         port: int,
+        on_failure: Callable[[JobFailedError], None] = lambda failure: None,
     ):
         self._keys = keys
         self._settings = settings
@@ -92,6 +94,7 @@ class Watcher:
         self._joined = joined
         self._host = host
         self._port = port
+        self._on_failure = on_failure
         self._requested_round = 0
         self._failure: Optional[JobFailedError] = None
         self._failure_lock = threading.Lock()
@@ -138,7 +141,10 @@ class Watcher:
     def _fail(self, failure: Optional[JobFailedError]) -> None:
         """Keep ``failure`` unless one is known already: the first one seen stays."""
         with self._failure_lock:
+            first = self._failure is None and failure is not None
             self._failure = self._failure or failure
+        if first:
+            self._on_failure(failure)
 
     # Reading and writing the failure records
 

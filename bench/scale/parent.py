@@ -17,7 +17,7 @@ from .nodes import LOOPBACK, host_process
 
 # Simulated nodes per process: enough processes that the store connections
 # and threads of one stay few thousands, few enough to fit two cores.
-_NODES_PER_PROCESS = 256
+_NODES_PER_PROCESS = 64
 _PORTS = range(21000, 32768)
 
 
