@@ -171,10 +171,14 @@ def test_state_follows_lines_attempts_error_files_and_the_end(tmp_path):
     other = JobState(1, _plan(tmp_path / "n1"), node_index=1, num_nodes=2, settings=(),
                      store_endpoint="h:1")
     other.line("[rank3]: from node 1")
-    payload = other.payload(lines_due=True)
-    assert [r["rank"] for r in payload["ranks"]] == [2, 3]
+    payload = other.payload(lines_due=False)
+    assert payload.state_changed  # rank 3 started: sent even when lines are not due
+    assert [r["rank"] for r in payload.data["ranks"]] == [2, 3]
     assert other.payload(lines_due=True) is None  # nothing new
-    state.merge(json.loads(json.dumps(payload)))
+    other.line("[rank3]: another line")
+    assert other.payload(lines_due=False) is None  # new lines wait until they are due
+    assert other.payload(lines_due=True).state_changed is False
+    state.merge(json.loads(json.dumps(payload.data)))
     assert {r.rank: r.state for r in state.snapshot().ranks}[3] == RUNNING
     # Rank 1 fails: its error file makes it failed at once, and the end fails the call.
     (attempt / "1" / "error.json").write_text(json.dumps({"message": {

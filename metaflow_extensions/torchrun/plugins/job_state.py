@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, NamedTuple, Optional, Tuple
 
 from . import post_mortem
 from .command import LaunchPlan, whole_number
@@ -124,6 +124,14 @@ class RankState:
             segments=[Segment(int(a), float(s), None if e is None else float(e), str(o))
                       for a, s, e, o in data["segments"]],
         )
+
+
+class Payload(NamedTuple):
+    """This node's ranks as another node's ``JobState.merge`` takes them (JSON-able ``data``),
+    and whether a rank's state changed since the last payload (else only lines did)."""
+
+    data: Dict[str, Any]
+    state_changed: bool
 
 
 @dataclass(frozen=True)
@@ -299,7 +307,7 @@ class JobState:
             self._version += 1
             self._state_version += 1
 
-    def payload(self, lines_due: bool) -> Optional[Dict[str, Any]]:
+    def payload(self, lines_due: bool) -> Optional[Payload]:
         """This node's ranks for node 0, or None if there is nothing new to send.
 
         A change of a rank's state is always new; new lines alone only when
@@ -307,15 +315,14 @@ class JobState:
         """
         with self._lock:
             sent_version, sent_state_version = self._payload_versions
-            if self._state_version == sent_state_version and (
-                not lines_due or self._version == sent_version
-            ):
+            state_changed = self._state_version != sent_state_version
+            if not state_changed and (not lines_due or self._version == sent_version):
                 return None
             self._payload_versions = (self._version, self._state_version)
-            return {
+            return Payload({
                 "node": self._node,
                 "ranks": [s.to_payload() for s in self._ranks.values() if s.node == self._node],
-            }
+            }, state_changed)
 
     def payload_lost(self) -> None:
         """The last payload did not reach the store: the next ``payload`` is not None."""
@@ -335,7 +342,6 @@ class JobState:
                     continue  # this node's final word (after the job ended) wins
                 self._ranks[incoming.rank] = incoming
             self._version += 1
-            self._state_version += 1
 
     def snapshot(self) -> Snapshot:
         with self._lock:

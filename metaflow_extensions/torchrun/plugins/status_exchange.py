@@ -5,16 +5,20 @@ one client connection to the job's store (the one node 0's agent hosts, found
 by ``rendezvous.endpoint.store_address`` exactly as the backend finds it):
 
 - every other node writes its ranks' payload (``JobState.payload``) to its own
-  key and then counts one change: at once when a rank's state changed, and
-  for new output lines at most once per ``lines_seconds``;
-- node 0 reads the change count on every ``step`` and, when it moved, the
-  payloads of the nodes that have written one, in one ``multi_get``.
+  key and counts the write: at once when a rank's state changed (counted in
+  ``states_key``), and for new output lines alone at most once per
+  ``lines_seconds`` (counted in ``lines_key``);
+- node 0 reads both counts in one call on every ``step`` and fetches the
+  payloads of the nodes that have written one, in one ``multi_get``: at once
+  after a change of state, and at most once per ``lines_seconds`` for lines.
 
 Per other node, node 0's store thus serves two small requests per write
-(``set`` and ``add``), and node 0's task one ``add`` per ``step`` whatever the
-number of nodes, plus one ``multi_get`` per change. A payload is a few hundred
-bytes per rank (state, times, its last lines cut to 200 characters each).
-``bench/card_traffic.py`` measures it.
+(``set`` and ``add``), at most one write per ``lines_seconds`` while only
+lines change; node 0's task asks one ``multi_get`` of the counts per ``step``
+whatever the number of nodes, and reads each payload about once per
+``lines_seconds``. A payload is a few hundred bytes per rank (state, times,
+its last lines cut to 200 characters each). ``bench/card_traffic.py``
+measures it.
 
 Store errors are never the job's: the store may not be up yet, or gone
 already; then this exchange tries again at the next ``step``.
@@ -40,9 +44,14 @@ def card_key(run_id: str, node: int) -> str:
     return _KEY_PREFIX.format(run_id=run_id) + str(node)
 
 
-def changes_key(run_id: str) -> str:
-    """The store key counting the writes of ``card_key`` s of job ``run_id``."""
-    return _KEY_PREFIX.format(run_id=run_id) + "changes"
+def states_key(run_id: str) -> str:
+    """The store key counting the writes of job ``run_id``'s payloads after a change of state."""
+    return _KEY_PREFIX.format(run_id=run_id) + "states"
+
+
+def lines_key(run_id: str) -> str:
+    """The store key counting the writes of job ``run_id``'s payloads with new lines alone."""
+    return _KEY_PREFIX.format(run_id=run_id) + "lines"
 
 
 class StatusExchange:
@@ -71,8 +80,9 @@ class StatusExchange:
         self._lock = threading.Lock()  # one user of the connection at a time
         self._store = None
         self._lines_due_at = 0.0
-        self._changes_seen = 0
+        self._counts_seen = (b"", b"")
         self._written: List[str] = []  # node 0: the payload keys known to exist
+        self._written_counts = False  # node 0: both counts exist
         self.requests = 0
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -103,11 +113,12 @@ class StatusExchange:
             return
         if lines_due:
             self._lines_due_at = now + self._lines_seconds
-        data = json.dumps(payload, separators=(",", ":")).encode("utf-8")
+        data = json.dumps(payload.data, separators=(",", ":")).encode("utf-8")
+        counter = states_key if payload.state_changed else lines_key
         try:
             store = self._connected()
             store.set(card_key(self._run_id, self._state.node_index), data)
-            store.add(changes_key(self._run_id), 1)
+            store.add(counter(self._run_id), 1)
         except Exception:
             self._state.payload_lost()
             raise
@@ -116,11 +127,21 @@ class StatusExchange:
 
     def _read(self) -> None:
         store = self._connected()
+        if not self._written_counts:
+            # Create both counts, so that one multi_get reads them (it would
+            # wait for a missing key).
+            self.requests += 2
+            store.add(states_key(self._run_id), 0)
+            store.add(lines_key(self._run_id), 0)
+            self._written_counts = True
         self.requests += 1
-        changes = store.add(changes_key(self._run_id), 0)
-        if changes == self._changes_seen:
+        states, lines = store.multi_get([states_key(self._run_id), lines_key(self._run_id)])
+        seen_states, seen_lines = self._counts_seen
+        now = time.monotonic()
+        if states == seen_states and (lines == seen_lines or now < self._lines_due_at):
             return
-        self._changes_seen = changes
+        self._counts_seen = (states, lines)
+        self._lines_due_at = now + self._lines_seconds
         for node in range(1, self._num_nodes):
             key = card_key(self._run_id, node)
             if key not in self._written:
@@ -156,4 +177,4 @@ def _connect(host: str, port: int):
                     timeout=timedelta(seconds=_CONNECT_TIMEOUT_SECONDS))
 
 
-__all__ = ["StatusExchange", "card_key", "changes_key"]
+__all__ = ["StatusExchange", "card_key", "lines_key", "states_key"]

@@ -1,0 +1,122 @@
+"""What the live card costs node 0's store: requests and bytes per node per second.
+
+    sudo bench/run_in_netns.sh .venv/bin/python -m bench.card_traffic --nodes 2,8,32
+
+(from the repository root, whose ``status_exchange`` it then measures).
+
+One real TCPStore server plays node 0's store. For each job size, every
+simulated node has the ``JobState`` and ``StatusExchange`` of a node whose step
+has a card, driven as the card's thread drives them (a step every 0.25 s),
+while each of its ``--nproc`` ranks prints a line every ``--line-seconds`` (a
+chatty training loop: every rank always has a new line). Node 0 reads as it
+does under a card. The counts are the exchange's own (``requests``,
+``bytes_sent``, ``bytes_received``: store calls and payload bytes, without
+TCPStore's framing of a few bytes per call). Printed per job size: the writes
+of one other node (requests/s and payload bytes/s into node 0's store) and
+node 0's reads (requests/s, bytes/s out of it), each per other node.
+"""
+
+import argparse
+import socket
+import tempfile
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import List
+
+from torch.distributed import TCPStore
+
+from metaflow_extensions.torchrun.plugins.command import parse_torchrun_args, plan_launch
+from metaflow_extensions.torchrun.plugins.job_state import JobState
+from metaflow_extensions.torchrun.plugins.program import Entrypoint
+from metaflow_extensions.torchrun.plugins.status_exchange import StatusExchange
+
+_TICK_SECONDS = 0.25  # job_card._TICK_SECONDS
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def measure(nodes: int, nproc: int, seconds: float, line_seconds: float,
+            refresh_seconds: float, root: Path) -> str:
+    port = _free_port()
+    server = TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False,
+                      timeout=timedelta(seconds=30))
+    run_id = f"bench-{nodes}"
+    exchanges: List[StatusExchange] = []
+    for node in range(nodes):
+        plan = plan_launch(
+            python="python", num_nodes=nodes, nproc_per_node=str(nproc), rdzv_id=run_id,
+            rdzv_endpoint=f":{port}", join_timeout=600, default_log_dir=str(root / str(node)),
+            flags=parse_torchrun_args(None), bootstrap="bootstrap.py",
+            entry=Entrypoint("script", "train.py", str(root)), program_args=[],
+        )
+        state = JobState(1, plan, node, nodes, (), f"127.0.0.1:{port}")
+        exchanges.append(StatusExchange(state, run_id, nodes, "127.0.0.1", port,
+                                        lines_seconds=max(1.0, refresh_seconds)))
+    stop = threading.Event()
+
+    def print_lines() -> None:
+        step = 0
+        while not stop.wait(line_seconds):
+            step += 1
+            for node, exchange in enumerate(exchanges):
+                for local in range(nproc):
+                    rank = node * nproc + local
+                    exchange._state.line(  # what the log pump hands the card
+                        f"[rank{rank}]: epoch 3 step {step} loss {1.0 / step:.6f} "
+                        f"lr 0.000300 tokens/s 51234.5"
+                    )
+
+    def tick(exchange: StatusExchange) -> None:
+        while not stop.wait(_TICK_SECONDS):
+            exchange.step()
+
+    threads = [threading.Thread(target=print_lines)]
+    threads += [threading.Thread(target=tick, args=(exchange,)) for exchange in exchanges]
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    writers = exchanges[1:]
+    others = nodes - 1
+    write_requests = sum(e.requests for e in writers) / others / seconds
+    write_bytes = sum(e.bytes_sent for e in writers) / others / seconds
+    reader = exchanges[0]
+    read_requests = reader.requests / others / seconds
+    read_bytes = reader.bytes_received / others / seconds
+    del server
+    return (f"| {nodes} | {nproc} | {write_requests:.2f} | {write_bytes:,.0f} | "
+            f"{read_requests:.2f} | {read_bytes:,.0f} | "
+            f"{write_requests + read_requests:.2f} | {write_bytes + read_bytes:,.0f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", default="2,8,32", help="job sizes, comma-separated")
+    parser.add_argument("--nproc", type=int, default=8, help="ranks per node")
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--line-seconds", type=float, default=0.1)
+    parser.add_argument("--refresh-seconds", type=float, default=5,
+                        help="@card(refresh_interval=...), Metaflow's default 5")
+    args = parser.parse_args()
+    print(f"{args.nproc} ranks per node, a line per rank every {args.line_seconds} s, "
+          f"refresh_interval={args.refresh_seconds:g}, {args.seconds:g} s per size")
+    print("| nodes | ranks/node | writes req/s per node | write B/s per node | "
+          "node 0 reads req/s per node | read B/s per node | total req/s per node | "
+          "total B/s per node |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    with tempfile.TemporaryDirectory(prefix="card-traffic-") as root:
+        for nodes in (int(n) for n in args.nodes.split(",")):
+            print(measure(nodes, args.nproc, args.seconds, args.line_seconds,
+                          args.refresh_seconds, Path(root) / str(nodes)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
