@@ -1,11 +1,16 @@
+import re
+
 from setuptools import find_namespace_packages, setup
 
 with open("README.md", encoding="utf-8") as readme:
     long_description = readme.read()
+# One version: Metaflow reports it from the extension's top-level module.
+with open("metaflow_extensions/torchrun/toplevel/torchrun_toplevel.py", encoding="utf-8") as module:
+    version = re.search(r'^__version__ = "([^"]+)"$', module.read(), re.M).group(1)
 
 setup(
     name="metaflow-torchrun",
-    version="0.1.0",
+    version=version,
     description="Run unchanged torchrun programs across the nodes of a Metaflow @parallel step",
     long_description=long_description,
     long_description_content_type="text/markdown",

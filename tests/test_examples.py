@@ -168,6 +168,8 @@ def test_torch_ddp_loss_goes_down_and_a_rerun_resumes_from_the_snapshot(flows, t
     assert losses[2] < losses[0] / 4, losses
     assert not any("resuming" in line for line in first_lines)
     assert any(re.fullmatch(r"snapshot after 3 epochs: \d+ bytes", line) for line in first.task_lines("end"))
+    # rank 0's return value, kept as an artifact: the last epoch's loss, as rank 0 printed it
+    assert f"final loss {losses[2]:.4f}" in first.task_lines("end"), first.task_lines("end")
 
     second = run_example(flows, users_python, folder, "--epochs", "2")
     assert any(

@@ -1,6 +1,11 @@
 """Names ``from metaflow import ...`` offers: ``TorchrunSingleNodeMultiGPU``.
 
-Every public name here becomes a name of ``metaflow``; keep it to those.
+Every public name here becomes a name of ``metaflow``; keep it to those. The two
+dunder names are how Metaflow reports this extension in its version line; setup.py
+reads the package's version from here.
 """
 
 from ..plugins.single_node import TorchrunSingleNodeMultiGPU
+
+__mf_extensions__ = "torchrun"
+__version__ = "0.1.0"
