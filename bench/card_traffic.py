@@ -5,11 +5,12 @@
 (from the repository root, whose ``status_exchange`` it then measures).
 
 One real TCPStore server plays node 0's store. For each job size, every
-simulated node has the ``JobState`` and ``StatusExchange`` of a node whose step
-has a card, driven as the card's thread drives them (a step every 0.25 s),
+simulated node has the ``JobState`` of a node whose step has a card and the
+``StoreRelay`` its relay process runs (here in this process, all nodes in
+threads), offered every new payload and ticked every 0.25 s as the relay is,
 while each of its ``--nproc`` ranks prints a line every ``--line-seconds`` (a
 chatty training loop: every rank always has a new line). Node 0 reads as it
-does under a card. The counts are the exchange's own (``requests``,
+does under a card. The counts are the relay's own (``requests``,
 ``bytes_sent``, ``bytes_received``: store calls and payload bytes, without
 TCPStore's framing of a few bytes per call). Printed per job size: the writes
 of one other node (requests/s and payload bytes/s into node 0's store) and
@@ -17,6 +18,7 @@ node 0's reads (requests/s, bytes/s out of it), each per other node.
 """
 
 import argparse
+import json
 import socket
 import tempfile
 import threading
@@ -30,9 +32,7 @@ from torch.distributed import TCPStore
 from metaflow_extensions.torchrun.plugins.command import parse_torchrun_args, plan_launch
 from metaflow_extensions.torchrun.plugins.job_state import JobState
 from metaflow_extensions.torchrun.plugins.program import Entrypoint
-from metaflow_extensions.torchrun.plugins.status_exchange import StatusExchange
-
-_TICK_SECONDS = 0.25  # job_card._TICK_SECONDS
+from metaflow_extensions.torchrun.plugins.status_relay import TICK_SECONDS, StoreRelay
 
 
 def _free_port() -> int:
@@ -47,7 +47,8 @@ def measure(nodes: int, nproc: int, seconds: float, line_seconds: float,
     server = TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False,
                       timeout=timedelta(seconds=30))
     run_id = f"bench-{nodes}"
-    exchanges: List[StatusExchange] = []
+    states: List[JobState] = []
+    relays: List[StoreRelay] = []
     for node in range(nodes):
         plan = plan_launch(
             python="python", num_nodes=nodes, nproc_per_node=str(nproc), rdzv_id=run_id,
@@ -55,40 +56,45 @@ def measure(nodes: int, nproc: int, seconds: float, line_seconds: float,
             flags=parse_torchrun_args(None), bootstrap="bootstrap.py",
             entry=Entrypoint("script", "train.py", str(root)), program_args=[],
         )
-        state = JobState(1, plan, node, nodes, (), f"127.0.0.1:{port}")
-        exchanges.append(StatusExchange(state, run_id, nodes, "127.0.0.1", port,
-                                        lines_seconds=max(1.0, refresh_seconds)))
+        states.append(JobState(1, plan, node, nodes, (), f"127.0.0.1:{port}"))
+        relays.append(StoreRelay("127.0.0.1", port, run_id, nodes, node,
+                                 lines_seconds=max(1.0, refresh_seconds)))
     stop = threading.Event()
 
     def print_lines() -> None:
         step = 0
         while not stop.wait(line_seconds):
             step += 1
-            for node, exchange in enumerate(exchanges):
+            for node, state in enumerate(states):
                 for local in range(nproc):
                     rank = node * nproc + local
-                    exchange._state.line(  # what the log pump hands the card
+                    state.line(  # what the log pump hands the card
                         f"[rank{rank}]: epoch 3 step {step} loss {1.0 / step:.6f} "
                         f"lr 0.000300 tokens/s 51234.5"
                     )
 
-    def tick(exchange: StatusExchange) -> None:
-        while not stop.wait(_TICK_SECONDS):
-            exchange.step()
+    def tick(state: JobState, relay: StoreRelay) -> None:
+        # What status_exchange and status_relay.main do for one node.
+        while not stop.wait(TICK_SECONDS):
+            payload = state.payload()
+            if payload is not None and not relay.is_reader:
+                relay.offer(json.dumps(payload.data).encode("utf-8"), payload.state_changed)
+            for raw in relay.tick():
+                state.merge(json.loads(raw))
 
     threads = [threading.Thread(target=print_lines)]
-    threads += [threading.Thread(target=tick, args=(exchange,)) for exchange in exchanges]
+    threads += [threading.Thread(target=tick, args=pair) for pair in zip(states, relays)]
     for thread in threads:
         thread.start()
     time.sleep(seconds)
     stop.set()
     for thread in threads:
         thread.join()
-    writers = exchanges[1:]
+    writers = relays[1:]
     others = nodes - 1
-    write_requests = sum(e.requests for e in writers) / others / seconds
-    write_bytes = sum(e.bytes_sent for e in writers) / others / seconds
-    reader = exchanges[0]
+    write_requests = sum(r.requests for r in writers) / others / seconds
+    write_bytes = sum(r.bytes_sent for r in writers) / others / seconds
+    reader = relays[0]
     read_requests = reader.requests / others / seconds
     read_bytes = reader.bytes_received / others / seconds
     del server

@@ -3,13 +3,20 @@
 import hashlib
 from typing import Tuple
 
-from .errors import ConfigError
 from .topology import Topology
 
 # Derived ports stay below Linux's default ephemeral range (32768-60999), so an
 # outgoing connection of some other program is unlikely to hold one.
 DERIVED_PORT_BASE = 20000
 DERIVED_PORT_SPAN = 12000
+
+
+def _config_error(message: str) -> Exception:
+    # Imported here: rendezvous.errors imports torch, which takes seconds, and the
+    # task of a @torchrun step with a card computes the endpoint without torch.
+    from .errors import ConfigError
+
+    return ConfigError(message)
 
 
 def derive_port(run_id: str) -> int:
@@ -36,7 +43,7 @@ def parse_endpoint(endpoint: str, default_host: str, default_port: int) -> Tuple
     if endpoint.startswith("["):
         host, bracket, rest = endpoint[1:].partition("]")
         if not bracket or (rest and not rest.startswith(":")):
-            raise ConfigError(
+            raise _config_error(
                 f"--rdzv-endpoint {endpoint!r}: write IPv6 addresses as [addr] or [addr]:port."
             )
         port_text = rest[1:]
@@ -52,7 +59,7 @@ def parse_endpoint(endpoint: str, default_host: str, default_port: int) -> Tuple
     except ValueError:
         port = -1
     if not 1 <= port <= 65535:
-        raise ConfigError(
+        raise _config_error(
             f"--rdzv-endpoint {endpoint!r}: the port must be an integer from 1 to 65535."
         )
     return host, port

@@ -19,6 +19,7 @@ re-renders the card, so Metaflow's client (``metaflow.cards.get_cards``,
 view (Metaflow UI, ``card server``).
 """
 
+import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
@@ -82,6 +83,7 @@ class JobCard:
         self._refresh_seconds = refresh_seconds
         self._exchange_factory = exchange_factory
         self._exchange: Optional["StatusExchange"] = None
+        self._agent_running: Callable[[], bool] = lambda: False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="torchrun-card", daemon=True)
         # The thread and finish() both update and refresh the card: one at a time.
@@ -120,7 +122,6 @@ class JobCard:
         )
 
         def make_exchange() -> "StatusExchange":
-            # Imports torch (rendezvous.errors, TCPStore): in the card's thread.
             from rendezvous.endpoint import format_endpoint, store_address
 
             from .status_exchange import StatusExchange
@@ -137,25 +138,23 @@ class JobCard:
         """A line of the agent's output (worker lines carry their rank's prefix)."""
         self.state.line(text)
 
-    def start(self) -> "JobCard":
+    def start(self, agent_running: Callable[[], bool]) -> "JobCard":
+        """Start the thread; it starts the store relay only once ``agent_running()``."""
+        self._agent_running = agent_running
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        """End the thread's work on the card; the card keeps what it showed last.
-
-        Does not wait for a store call or an import in progress (the thread
-        is a daemon and touches the card no more).
-        """
+        """End the thread's work on the card and the store relay; the card keeps what it showed."""
         self._stop.set()
-        self._thread.join(_TICK_SECONDS)
+        self._thread.join()
+        if self._exchange is not None:
+            self._exchange.close()
 
     def finish(self, returncode: int, failure: Optional["TorchrunFailed"]) -> None:
         """The agent ended: show the final state now (and keep it on a failed task's card)."""
         self.stop()
         self.state.finish(returncode, failure)
-        if self._exchange is not None and self.state.node_index != 0:
-            self._exchange.step(wait=_TICK_SECONDS)  # this node's last word, if node 0 still listens
         with self._card_lock:
             self._update(time.time())
             if failure is not None:
@@ -175,7 +174,7 @@ class JobCard:
 
     def _tick(self) -> None:
         self.state.scan()
-        if self._exchange_factory is not None:
+        if self._exchange_factory is not None and self._agent_running():
             if self._exchange is None:
                 self._exchange = self._exchange_factory()
             self._exchange.step()
@@ -269,6 +268,11 @@ def _cell(text: str) -> str:
             .replace("<", "&lt;").replace("\n", " ")) or " "
 
 
+def _inline(text: str) -> str:
+    """Text shown as written in a Markdown paragraph (wrapped, unlike a code block)."""
+    return re.sub(r"([\\`*_\[\]<>#|])", r"\\\1", " ".join(text.split()))
+
+
 def _fenced(lines: List[str]) -> str:
     fence = "```"
     while any(fence in line for line in lines):
@@ -333,7 +337,7 @@ def _root_cause(snapshot: Snapshot) -> str:
     elif failure.node_index is not None:
         where.append(f"node {failure.node_index}")
     text = f"### Root cause\n\n**{_cell(', '.join(where) or 'the job')}** failed first:\n\n"
-    text += _fenced([failure.summary])
+    text += "> " + _inline(failure.summary)
     # This node's own failing rank comes with its traceback; another node's
     # comes with the one its node published, if that arrived before the end.
     tail = failure.traceback_tail or (

@@ -307,16 +307,12 @@ class JobState:
             self._version += 1
             self._state_version += 1
 
-    def payload(self, lines_due: bool) -> Optional[Payload]:
-        """This node's ranks for node 0, or None if there is nothing new to send.
-
-        A change of a rank's state is always new; new lines alone only when
-        ``lines_due``.
-        """
+    def payload(self) -> Optional[Payload]:
+        """This node's ranks for node 0, or None if nothing changed since the last payload."""
         with self._lock:
             sent_version, sent_state_version = self._payload_versions
             state_changed = self._state_version != sent_state_version
-            if not state_changed and (not lines_due or self._version == sent_version):
+            if self._version == sent_version and not state_changed:
                 return None
             self._payload_versions = (self._version, self._state_version)
             return Payload({

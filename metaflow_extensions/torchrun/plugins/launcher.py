@@ -281,7 +281,7 @@ class TorchrunLauncher:
         pump = LogPump([agent.stdout, agent.stderr], [sys.stdout, sys.stderr],
                        on_line=card.line if card is not None else None).start()
         if card is not None:
-            card.start()
+            card.start(agent_running=lambda: agent.poll() is None)
         peer_failure: Optional[NodeFailure] = None
         stop_at = float("inf")
         stopped_for_peer = False
