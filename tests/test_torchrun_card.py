@@ -44,14 +44,14 @@ while True:
         for card in get_cards(Task(pathspec, attempt=0)):
             found = re.search(r'__MF_DATA__\["[^"]+"\] = "([^"]+)"', card.get())
             stack = [json.loads(base64.b64decode(found.group(1)))]
-            while stack:
+            while stack:  # depth first, in the card's order
                 item = stack.pop()
                 if isinstance(item, dict):
                     if item.get("type") == "markdown":
                         texts.append(item["source"])
-                    stack.extend(item.values())
+                    stack.extend(reversed(list(item.values())))
                 elif isinstance(item, list):
-                    stack.extend(item)
+                    stack.extend(reversed(item))
     except Exception as error:  # no card saved yet
         texts = [f"no card: {error}"]
     if all(any(w in text for text in texts) for w in want) or time.monotonic() > deadline:
@@ -130,20 +130,26 @@ def test_card_is_live_while_ranks_run_then_shows_every_rank_done(flows):
 
 
 def test_failed_task_keeps_a_card_naming_the_failing_rank_and_its_error(flows):
-    """Blank card: rank 3 (node 1) raises; both failed tasks keep cards with the root cause."""
-    run = flows.run("card_job.py", "--script_args", '{"fail-rank": 3}',
+    """Blank card, two calls: the first succeeds; in the second rank 3 (node 1) raises. Both
+    failed tasks keep cards with a section per call and the second's root cause."""
+    calls = [{}, {"fail-rank": 3, "release-file": "never-released"}]
+    run = flows.run("card_job.py", "--script_args", json.dumps(calls),
                     env={**card_env(flows), "TORCHRUN_TEST_CARD_TYPE": "blank"})
     assert run.returncode != 0
     assert "Exception raised from" not in run.output, run.output[-4000:]
     paths = task_pathspecs(run.output)
-    node0 = card_texts(flows, paths[0])
+    first, _, node0 = card_texts(flows, paths[0]).partition("## torchrun job, call 2 of this step")
+    assert "## torchrun job, call 1 of this step" in first
+    for rank in range(4):
+        assert row(rank, rank % 2, rank // 2, DONE) + " 0 |" in first, first
+    assert "Root cause" not in first
     assert row(3, 1, 1, FAILED) + " 1 |" in node0, node0
     for rank in range(3):
         assert row(rank, rank % 2, rank // 2, STOPPED) in node0, node0
     assert "### Root cause" in node0
     assert "**global rank 3 on node 1 (local rank 1), exit 1** failed first" in node0
     assert "ValueError: bad batch on rank 3" in node0
-    node1 = card_texts(flows, paths[1])
+    node1 = card_texts(flows, paths[1]).partition("## torchrun job, call 2 of this step")[2]
     assert row(3, 1, 1, FAILED) + " 1 |" in node1, node1
     # The failing node's card has the end of the traceback, from its error file.
     assert 'raise ValueError(f"bad batch on rank {rank}")' in node1
@@ -249,3 +255,22 @@ def test_without_a_card_there_is_no_section_and_no_thread(tmp_path):
     card = JobCard.for_call(1, _plan(tmp_path), Topology(0, 2, "127.0.0.1"),
                             StepSettings(None, None, 600, 0), None)
     assert card is None and threading.active_count() == threads
+
+
+def test_the_last_render_holds_sigint_until_it_is_done():
+    import os
+    import signal
+
+    import pytest
+
+    from metaflow_extensions.torchrun.plugins.job_card import _interrupts_deferred
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with _interrupts_deferred(deliver=True):
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("rendered")
+    assert done == ["rendered"]
+    with _interrupts_deferred(deliver=False):  # after a failure: run raises that instead
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -1,4 +1,4 @@
-"""Two nodes x two processes in a @torchrun step with @card: the card shows the job.
+"""Two nodes x two processes in a @torchrun step with @card: the card shows each call's job.
 
 TORCHRUN_TEST_CARD_TYPE names the card type (default: Metaflow's "default").
 Each node prints its task's pathspec, so that a test can fetch its card.
@@ -13,7 +13,8 @@ CARD_TYPE = os.environ.get("TORCHRUN_TEST_CARD_TYPE", "default")
 
 class CardJobFlow(FlowSpec):
     script_args = Parameter("script_args", default="{}",
-                            help="JSON: entrypoint_args of workers/card_ranks.py")
+                            help="JSON: entrypoint_args of workers/card_ranks.py, or a list "
+                                 "of them for one call each")
 
     @step
     def start(self):
@@ -24,11 +25,10 @@ class CardJobFlow(FlowSpec):
     @step
     def train(self):
         print(f"CARD TASK node={current.parallel.node_index} pathspec={current.pathspec}")
-        current.torch.run(
-            entrypoint="workers/card_ranks.py",
-            entrypoint_args=json.loads(self.script_args),
-            nproc_per_node=2,
-        )
+        calls = json.loads(self.script_args)
+        for args in calls if isinstance(calls, list) else [calls]:
+            current.torch.run(entrypoint="workers/card_ranks.py", entrypoint_args=args,
+                              nproc_per_node=2)
         self.next(self.join)
 
     @step

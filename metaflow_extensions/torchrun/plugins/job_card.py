@@ -19,10 +19,12 @@ re-renders the card, so Metaflow's client (``metaflow.cards.get_cards``,
 view (Metaflow UI, ``card server``).
 """
 
+import contextlib
 import re
+import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .job_state import (
     DONE,
@@ -152,18 +154,26 @@ class JobCard:
             self._exchange.close()
 
     def finish(self, returncode: int, failure: Optional["TorchrunFailed"]) -> None:
-        """The agent ended: show the final state now (and keep it on a failed task's card)."""
-        self.stop()
-        self.state.finish(returncode, failure)
-        with self._card_lock:
-            self._update(time.time())
-            if failure is not None:
-                # Metaflow renders a card at the end of a task only when the
-                # task succeeded: the error is on the card only if we render
-                # it, and before the task ends.
-                _render_now(self._card)
-            else:
-                self._card.refresh(force=True)
+        """The agent ended: show the final state now (and keep it on a failed task's card).
+
+        SIGINT waits until this returns (seconds at most): node 0 of a local
+        run stops the other nodes with it when its own step failed, and that
+        must not cut their last render short. After a failure it is dropped,
+        since ``run`` raises the failure right after, which ends the step as
+        well and says why.
+        """
+        with _interrupts_deferred(deliver=failure is None):
+            self.stop()
+            self.state.finish(returncode, failure)
+            with self._card_lock:
+                self._update(time.time())
+                if failure is not None:
+                    # Metaflow renders a card at the end of a task only when
+                    # the task succeeded: the error is on the card only if we
+                    # render it, and before the task ends.
+                    _render_now(self._card)
+                else:
+                    self._card.refresh(force=True)
 
     def _run(self) -> None:
         while not self._stop.wait(_TICK_SECONDS):
@@ -219,6 +229,25 @@ def _editable_card() -> Tuple[Optional[Any], float]:
         return None, 0.0
     meta = getattr(card, "_cards_meta", {}).get(uuid, {})
     return card, float(meta.get("refresh_interval") or _DEFAULT_REFRESH_SECONDS)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred(deliver: bool) -> Iterator[None]:
+    """Hold SIGINT (in the main thread) until the block ends; then, if ``deliver``, act on it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: List[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and deliver:
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
 
 
 def _render_now(card: Any) -> None:
