@@ -36,6 +36,7 @@ from .job_state import (
     JobState,
     Snapshot,
 )
+from .status_relay import TICK_SECONDS
 
 if TYPE_CHECKING:
     from rendezvous.topology import Topology
@@ -46,10 +47,8 @@ if TYPE_CHECKING:
     from .status_exchange import StatusExchange
     from .step_settings import StepSettings
 
-_TICK_SECONDS = 0.25
 # Metaflow's own default of @card(refresh_interval=...).
 _DEFAULT_REFRESH_SECONDS = 5.0
-_TRACEBACK_LINES = 20
 _STATE_COLORS = {
     STARTING: "#b0b7c3",
     RUNNING: "#3b82f6",
@@ -176,7 +175,7 @@ class JobCard:
                     self._card.refresh(force=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(_TICK_SECONDS):
+        while not self._stop.wait(TICK_SECONDS):
             try:
                 self._tick()
             except Exception as error:  # noqa: BLE001 - the card must never fail the job
@@ -373,8 +372,8 @@ def _root_cause(snapshot: Snapshot) -> str:
         failed.error if failed is not None and failed.error != failure.summary else ""
     )
     if tail:
-        lines = tail.rstrip().splitlines()[-_TRACEBACK_LINES:]
-        text += "\n\nEnd of its traceback:\n\n" + _fenced(lines)
+        # Already its end: post_mortem and JobState keep the last lines.
+        text += "\n\nEnd of its traceback:\n\n" + _fenced(tail.rstrip().splitlines())
     if failure.log_dir:
         text += f"\n\nThis node's per-rank logs: `{_cell(failure.log_dir)}`"
     return text

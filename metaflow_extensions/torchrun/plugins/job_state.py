@@ -38,7 +38,8 @@ RESTARTED = "restarted"
 LAST_LINES = 5
 # A line longer than this is cut for the card (the task's log has it whole).
 _LINE_CHARS = 200
-# The end of a failed rank's traceback that the card shows and the store carries.
+# The end of a failed rank's traceback that the card shows and the store carries
+# (as many lines as post_mortem keeps for TorchrunFailed).
 _TRACEBACK_LINES = 20
 # "[rank3]: text": the prefix command.LINE_PREFIX_TEMPLATE gives worker lines.
 _RANK_LINE = re.compile(r"^\[rank(\d+)\]: ?(.*)$", re.DOTALL)
@@ -205,8 +206,7 @@ class JobState:
             # Every node runs the same number of processes and torchrun gives
             # node i the global ranks i*nproc .. i*nproc+nproc-1 (the backend's
             # group rank is the node index): the whole job is known up front.
-            for node in range(num_nodes if node_index == 0 else 1):
-                node = node if node_index == 0 else node_index
+            for node in range(num_nodes) if node_index == 0 else [node_index]:
                 for local in range(nproc):
                     rank = node * nproc + local
                     self._ranks[rank] = RankState(rank, local, node)
