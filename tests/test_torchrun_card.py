@@ -205,17 +205,25 @@ def test_state_follows_lines_attempts_error_files_and_the_end(tmp_path):
     assert [final[rank].state for rank in (0, 2, 3)] == [STOPPED] * 3
 
 
-def test_a_restart_ends_the_attempt_as_restarted(tmp_path):
+def test_a_restart_ends_the_attempt_as_restarted_or_failed(tmp_path):
     state = JobState(1, _plan(tmp_path), node_index=1, num_nodes=2, settings=(),
                      store_endpoint="h:1")
     for attempt in (0, 1):
         for local in (0, 1):
             (tmp_path / "job-a0-c1_1_x" / f"attempt_{attempt}" / str(local)).mkdir(parents=True)
-        state.scan()
+        if attempt == 0:
+            state.scan()
+    # Local rank 1 failed attempt 0; the scan sees its error file and attempt 1 at once.
+    (tmp_path / "job-a0-c1_1_x" / "attempt_0" / "1" / "error.json").write_text(json.dumps(
+        {"message": {"message": "boom", "extraInfo": {"py_callstack": "RuntimeError: boom",
+                                                      "timestamp": "1", "rank": "3"}}}))
+    state.scan()
     state.finish(0, None)
-    rank = state.snapshot().ranks[0]
-    assert rank.rank == 2 and rank.restarts == 1
-    assert [s.outcome for s in rank.segments] == ["restarted", DONE]
+    ranks = state.snapshot().ranks
+    assert [r.rank for r in ranks] == [2, 3] and all(r.restarts == 1 for r in ranks)
+    assert [s.outcome for s in ranks[0].segments] == ["restarted", DONE]
+    assert [s.outcome for s in ranks[1].segments] == [FAILED, DONE]
+    assert ranks[1].error == "RuntimeError: boom"
 
 
 def test_failure_summaries_name_the_rank_and_its_exit():

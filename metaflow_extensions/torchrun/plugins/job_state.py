@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Deque, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Deque, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from . import post_mortem
 from .command import LaunchPlan, whole_number
@@ -100,6 +100,17 @@ class RankState:
         self.segments.append(Segment(attempt, at))
         self.state = RUNNING
         self.exit = ""
+
+    def _fail_attempt(self, attempt: int, at: float, error: str) -> None:
+        """Its segment of ``attempt`` failed (exit code 1: the bootstrap's after an error)."""
+        self.error = error
+        segment = next((s for s in self.segments if s.attempt == attempt), None)
+        if segment is None:
+            return
+        if segment is self.segments[-1] and segment.end is None:
+            self._end(FAILED, at, "1")
+        else:  # already replaced by a restart's next attempt
+            segment.outcome = FAILED
 
     def _end(self, state: str, at: float, exit_text: str = "") -> None:
         self.state = state
@@ -194,6 +205,7 @@ class JobState:
         self._ended: Optional[float] = None
         self._ranks: Dict[int, RankState] = {}
         self._rounds: List[Tuple[float, int]] = []
+        self._failed_attempts: Set[int] = set()  # attempts whose error file was read
         self._failure: Optional[TorchrunFailed] = None
         self._failed_rank: Optional[int] = None
         self._version = 0
@@ -245,7 +257,11 @@ class JobState:
             self._version += 1
 
     def scan(self) -> None:
-        """Read this node's attempt directories: started attempts, and the first error file."""
+        """Read this node's attempt directories: the attempts started, and their error files.
+
+        An attempt's error file names the rank that failed it: its segment of
+        that attempt failed, also when a restart began the next attempt since.
+        """
         attempts = post_mortem.attempt_dirs(self._plan)
         now = time.time()
         with self._lock:
@@ -253,24 +269,23 @@ class JobState:
             if self._nproc is None and attempts:
                 # "auto": torchrun chose the count; its first attempt shows it.
                 self._nproc = len(_local_ranks(attempts[0])) or None
-            for attempt_dir in attempts:
+            started = {number for _, number in self._rounds}
+            for attempt_dir in attempts:  # in order: an attempt's error before the next starts
                 attempt = int(attempt_dir.rsplit("_", 1)[1])
-                if attempt in (number for _, number in self._rounds):
-                    continue
-                self._rounds.append((now, attempt))
-                for local in _local_ranks(attempt_dir):
-                    state = self._local_rank_state(local)
-                    if not state.segments or state.segments[-1].attempt < attempt:
-                        state._start_attempt(attempt, now)
-                changed = True
-            if attempts:
-                error = first_error(attempts[-1])
-                if error is not None:
-                    state = self._local_rank_state(error.local_rank)
-                    if state.state == RUNNING:
+                if attempt not in started:
+                    self._rounds.append((now, attempt))
+                    for local in _local_ranks(attempt_dir):
+                        state = self._local_rank_state(local)
+                        if not state.segments or state.segments[-1].attempt < attempt:
+                            state._start_attempt(attempt, now)
+                    changed = True
+                if attempt not in self._failed_attempts:
+                    error = first_error(attempt_dir)
+                    if error is not None:
+                        self._failed_attempts.add(attempt)
                         lines = (error.traceback or error.message).rstrip().splitlines()
-                        state.error = "\n".join(lines[-_TRACEBACK_LINES:])
-                        state._end(FAILED, now, "1")  # the bootstrap exits 1 after an error
+                        state = self._local_rank_state(error.local_rank)
+                        state._fail_attempt(attempt, now, "\n".join(lines[-_TRACEBACK_LINES:]))
                         changed = True
             if changed:
                 self._version += 1
