@@ -22,6 +22,7 @@ view (Metaflow UI, ``card server``).
 import contextlib
 import re
 import signal
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -175,11 +176,15 @@ class JobCard:
                     self._card.refresh(force=True)
 
     def _run(self) -> None:
+        reported = ""
         while not self._stop.wait(TICK_SECONDS):
             try:
                 self._tick()
             except Exception as error:  # noqa: BLE001 - the card must never fail the job
-                print(f"[@torchrun card] not updated: {type(error).__name__}: {error}")
+                message = f"[@torchrun card] not updated: {type(error).__name__}: {error}"
+                if message != reported:  # once, not every tick
+                    print(message, file=sys.stderr)
+                    reported = message
 
     def _tick(self) -> None:
         self.state.scan()
