@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 # by its timeout costs node 0 a cancel and logs a TCPStore warning, so it is
 # long; nothing depends on it ending: stop() wakes the waiting thread itself.
 _CHANGE_WAIT = timedelta(hours=1)
+_CHANGE_THREAD = "metaflow-rdzv-changes"
 
 
 def wake_every_node(store: Store, keys: JobKeys, num_nodes: int,
@@ -104,8 +105,7 @@ class Watcher:
         self._heartbeats: Dict[int, Tuple[int, float]] = {}
         self._threads = [
             threading.Thread(target=self._beat, name="metaflow-rdzv-heartbeat", daemon=True),
-            threading.Thread(target=self._follow_changes, name="metaflow-rdzv-changes",
-                             daemon=True),
+            threading.Thread(target=self._follow_changes, name=_CHANGE_THREAD, daemon=True),
         ]
 
     def start(self) -> None:
@@ -113,14 +113,20 @@ class Watcher:
             thread.start()
 
     def stop(self) -> None:
-        """End both threads: wake this node's change thread, wait for both (bounded)."""
+        """End both threads: wake this node's change thread, wait for both (bounded).
+
+        When node 0 cannot be told, the change thread is left alone: its wait
+        fails by itself once node 0's process is gone, and over a cut link it
+        stays blocked in a daemon thread, which does not hold up the exit.
+        """
         self._stop_event.set()
         wake_key = self._keys.wake(self._topology.node_index)
+        threads = self._threads
         try:
             self._side.call(lambda store: store.set(wake_key, "1"))
         except StoreUnreachableError:
-            pass  # node 0 is gone: the change thread's wait fails by itself
-        for thread in self._threads:
+            threads = [thread for thread in threads if thread.name != _CHANGE_THREAD]
+        for thread in threads:
             if thread.is_alive() and threading.current_thread() is not thread:
                 thread.join(self._side.call_timeout)
 

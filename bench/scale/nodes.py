@@ -131,6 +131,11 @@ def host_process(pipe: Connection, backend: str, indices: List[int], num_nodes: 
     status = 1
     try:
         die_with_parent(signal.SIGKILL, parent_pid)
+        if 0 not in indices:
+            # On a cluster node 0 has a machine of its own; here it shares two
+            # cores with thousands of simulated nodes' threads, which must not
+            # starve its store's thread while they connect.
+            os.nice(19)
         host = _Host(pipe, backend, indices, num_nodes, port, run_id, settings)
         host.send("ready", indices[0])
         while True:

@@ -7,7 +7,7 @@ import signal
 import socket
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Dict, List, Optional, Tuple
 
@@ -17,7 +17,7 @@ from .nodes import LOOPBACK, host_process
 
 # Simulated nodes per process: enough processes that the store connections
 # and threads of one stay few thousands, few enough to fit two cores.
-_NODES_PER_PROCESS = 64
+_NODES_PER_PROCESS = 128
 _PORTS = range(21000, 32768)
 
 
@@ -35,7 +35,6 @@ class Figures:
     restart_s: Optional[float] = None
     failure_to_stopped_s: Optional[float] = None
     silent_detected_s: Optional[float] = None
-    notes: List[str] = field(default_factory=list)
 
 
 def _free_port() -> int:
