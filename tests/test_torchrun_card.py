@@ -28,17 +28,15 @@ from metaflow_extensions.torchrun.plugins.job_state import (
 from metaflow_extensions.torchrun.plugins.command import plan_launch, parse_torchrun_args
 from metaflow_extensions.torchrun.plugins.program import Entrypoint
 
-# Prints the Markdown texts of every card of a task, once all `want` texts are among them
-# (or at the deadline): run with the flow's environment, so that Metaflow's client finds
-# the run.
+# Prints, as a JSON list, the Markdown of the cards of each task (argv[3:]), once the first
+# task's holds every text of the JSON list argv[2] (or at the deadline argv[1]): run with the
+# flow's environment, so that Metaflow's client finds the run.
 _CARD_READER = r"""
 import base64, json, re, sys, time
 from metaflow import Task
 from metaflow.cards import get_cards
 
-pathspec, timeout, want = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
-deadline = time.monotonic() + timeout
-while True:
+def markdown(pathspec):
     texts = []
     try:
         for card in get_cards(Task(pathspec, attempt=0)):
@@ -54,8 +52,13 @@ while True:
                     stack.extend(reversed(item))
     except Exception as error:  # no card saved yet
         texts = [f"no card: {error}"]
-    if all(any(w in text for text in texts) for w in want) or time.monotonic() > deadline:
-        print(json.dumps(texts))
+    return "\n".join(texts)
+
+deadline, want, pathspecs = time.monotonic() + float(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3:]
+while True:
+    first = markdown(pathspecs[0])
+    if all(w in first for w in want) or time.monotonic() > deadline:
+        print(json.dumps([first] + [markdown(pathspec) for pathspec in pathspecs[1:]]))
         break
     time.sleep(0.5)
 """
@@ -68,15 +71,16 @@ def card_env(flows) -> dict:
     return {"METAFLOW_DATASTORE_SYSROOT_LOCAL": str(flows.root)}
 
 
-def card_texts(flows, pathspec: str, want: List[str] = (), timeout: float = 0) -> str:
-    """The Markdown of the task's cards, once it holds every text of ``want`` (or at timeout)."""
+def card_texts(flows, *pathspecs: str, want: List[str] = (), timeout: float = 0) -> List[str]:
+    """The Markdown of each task's cards, once the first's holds every text of ``want``
+    (or at ``timeout``); one reader process for all, since each imports Metaflow."""
     reader = subprocess.run(
-        [sys.executable, "-c", _CARD_READER, pathspec, str(timeout), *want],
+        [sys.executable, "-c", _CARD_READER, str(timeout), json.dumps(list(want)), *pathspecs],
         env={**flows.env, **card_env(flows)}, cwd=flows.root, capture_output=True, text=True,
         timeout=timeout + 60,
     )
     assert reader.returncode == 0, reader.stderr[-3000:]
-    return "\n".join(json.loads(reader.stdout))
+    return json.loads(reader.stdout)
 
 
 def row(rank: int, local: int, node: int, state: str) -> str:
@@ -102,7 +106,7 @@ def test_card_is_live_while_ranks_run_then_shows_every_rank_done(flows):
         time.sleep(0.1)
     paths = task_pathspecs(running.output())
     everyone_running = [row(rank, rank % 2, rank // 2, RUNNING) for rank in range(4)]
-    live = card_texts(flows, paths[0], everyone_running, timeout=30)
+    [live] = card_texts(flows, paths[0], want=everyone_running, timeout=30)
     for expected in everyone_running:
         assert expected in live, live
     assert "**Job running**" in live
@@ -114,7 +118,7 @@ def test_card_is_live_while_ranks_run_then_shows_every_rank_done(flows):
     # which TCPStore would print a C++ stack trace into the task's log).
     assert "Exception raised from" not in run.output, run.output[-4000:]
     paths = task_pathspecs(run.output)
-    final = card_texts(flows, paths[0])
+    final, other = card_texts(flows, paths[0], paths[1])
     for rank in range(4):
         assert row(rank, rank % 2, rank // 2, DONE) + " 0 |" in final, final
         # Node 1's last lines reached node 0 through the store while its ranks waited.
@@ -123,7 +127,6 @@ def test_card_is_live_while_ranks_run_then_shows_every_rank_done(flows):
     assert "2 nodes x 2 processes, world size 4" in final
     assert "**Job succeeded**" in final
     # Node 1's card shows its own ranks only.
-    other = card_texts(flows, paths[1])
     assert row(2, 0, 1, DONE) in other and row(3, 1, 1, DONE) in other
     assert "released rank=2" in other and "released rank=3" in other
     assert "| 0 | 0 | 0 |" not in other
@@ -138,7 +141,8 @@ def test_failed_task_keeps_a_card_naming_the_failing_rank_and_its_error(flows):
     assert run.returncode != 0
     assert "Exception raised from" not in run.output, run.output[-4000:]
     paths = task_pathspecs(run.output)
-    first, _, node0 = card_texts(flows, paths[0]).partition("## torchrun job, call 2 of this step")
+    node0, node1 = card_texts(flows, paths[0], paths[1])
+    first, _, node0 = node0.partition("## torchrun job, call 2 of this step")
     assert "## torchrun job, call 1 of this step" in first
     for rank in range(4):
         assert row(rank, rank % 2, rank // 2, DONE) + " 0 |" in first, first
@@ -149,7 +153,7 @@ def test_failed_task_keeps_a_card_naming_the_failing_rank_and_its_error(flows):
     assert "### Root cause" in node0
     assert "**global rank 3 on node 1 (local rank 1), exit 1** failed first" in node0
     assert "ValueError: bad batch on rank 3" in node0
-    node1 = card_texts(flows, paths[1]).partition("## torchrun job, call 2 of this step")[2]
+    node1 = node1.partition("## torchrun job, call 2 of this step")[2]
     assert row(3, 1, 1, FAILED) + " 1 |" in node1, node1
     # The failing node's card has the end of the traceback, from its error file.
     assert 'raise ValueError(f"bad batch on rank {rank}")' in node1

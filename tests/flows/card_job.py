@@ -20,7 +20,7 @@ class CardJobFlow(FlowSpec):
     def start(self):
         self.next(self.train, num_parallel=2)
 
-    @card(type=CARD_TYPE, refresh_interval=1)
+    @card(type=CARD_TYPE, refresh_interval=2)
     @torchrun
     @step
     def train(self):
