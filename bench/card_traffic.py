@@ -7,7 +7,7 @@
 One real TCPStore server plays node 0's store. For each job size, every
 simulated node has the ``JobState`` of a node whose step has a card and the
 ``StoreRelay`` its relay process runs (here in this process, all nodes in
-threads), offered every new payload and ticked every 0.25 s as the relay is,
+threads), offered every new payload and ticked as the relay is,
 while each of its ``--nproc`` ranks prints a line every ``--line-seconds`` (a
 chatty training loop: every rank always has a new line). Node 0 reads as it
 does under a card. The counts are the relay's own (``requests``,
@@ -19,6 +19,7 @@ node 0's reads (requests/s, bytes/s out of it), each per other node.
 
 import argparse
 import json
+import os
 import socket
 import tempfile
 import threading
@@ -27,7 +28,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import List
 
-from torch.distributed import TCPStore
+# Node 0's waits end in TCPStore time-outs, each of which torch logs with a warning;
+# the relay's own stderr goes nowhere, here it would drown the table.
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+
+import metaflow  # noqa: E402,F401 - before the extension's modules, which it imports
+from torch.distributed import TCPStore  # noqa: E402 - after the log level
 
 from metaflow_extensions.torchrun.plugins.command import parse_torchrun_args, plan_launch
 from metaflow_extensions.torchrun.plugins.job_state import JobState
@@ -87,17 +93,19 @@ def measure(nodes: int, nproc: int, seconds: float, line_seconds: float,
     for thread in threads:
         thread.start()
     time.sleep(seconds)
+    # The counts at the end of the period (node 0's tick may still wait a few seconds).
+    write_requests = sum(r.requests for r in relays[1:])
+    write_bytes = sum(r.bytes_sent for r in relays[1:])
+    read_requests, read_bytes = relays[0].requests, relays[0].bytes_received
     stop.set()
     for thread in threads:
         thread.join()
-    writers = relays[1:]
-    others = nodes - 1
-    write_requests = sum(r.requests for r in writers) / others / seconds
-    write_bytes = sum(r.bytes_sent for r in writers) / others / seconds
-    reader = relays[0]
-    read_requests = reader.requests / others / seconds
-    read_bytes = reader.bytes_received / others / seconds
     del server
+    per_node_second = (nodes - 1) * seconds
+    write_requests /= per_node_second
+    write_bytes /= per_node_second
+    read_requests /= per_node_second
+    read_bytes /= per_node_second
     return (f"| {nodes} | {nproc} | {write_requests:.2f} | {write_bytes:,.0f} | "
             f"{read_requests:.2f} | {read_bytes:,.0f} | "
             f"{write_requests + read_requests:.2f} | {write_bytes + read_bytes:,.0f} |")

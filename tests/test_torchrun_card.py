@@ -12,6 +12,7 @@ from collections import deque
 from pathlib import Path
 from typing import List
 
+import metaflow  # noqa: F401 - first: the extension's modules import it, and it imports them
 from harness.flow_runs import RunningFlow
 
 from metaflow_extensions.torchrun.plugins.job_card import _cell, _inline, _rank_table, _timeline

@@ -40,31 +40,34 @@ def card_key(run_id: str, node: int) -> str:
 
 
 def states_key(run_id: str) -> str:
-    """The key counting the writes of job ``run_id``'s payloads after a change of state."""
+    """The key that exists when a node wrote its payload after a change of state."""
     return _KEY_PREFIX.format(run_id=run_id) + "states"
 
 
 def lines_key(run_id: str) -> str:
-    """The key counting the writes of job ``run_id``'s payloads with new lines alone."""
+    """The key that exists when a node wrote its payload with new lines alone."""
     return _KEY_PREFIX.format(run_id=run_id) + "lines"
 
 
 class StoreRelay:
-    """One node's side of the card's traffic with node 0's store; call ``tick`` often.
+    """One node's side of the card's traffic with node 0's store; call ``tick`` in a loop.
 
     Another node ``offer`` s each new payload of its ranks; ``tick`` writes the
-    latest one to the node's key and counts the write: at once after a change
-    of state (in ``states_key``), and with new lines alone at most once per
-    ``lines_seconds`` (in ``lines_key``). Node 0's ``tick`` reads both counts
-    in one ``multi_get`` and, after a change of state at once and for lines at
-    most once per ``lines_seconds``, returns every node's latest payload, read
-    in one ``multi_get``.
+    latest one to the node's key and then sets a flag key: at once after a
+    change of state (``states_key``), and with new lines alone at most once
+    per ``lines_seconds`` (``lines_key``). Node 0's ``tick`` waits on
+    ``states_key`` (a blocking store call) until new lines are due, then, if
+    a flag is set, deletes the flags and returns every node's latest payload,
+    read in one ``multi_get``: at once after a change of state, and at most
+    once per ``lines_seconds`` for lines.
 
-    So per other node the store serves one ``set`` and one ``add`` per write,
-    at most one write per ``lines_seconds`` while only lines change, and node
-    0 asks one ``multi_get`` per tick whatever the job's size, plus the reads
-    of the payloads. Store errors propagate; ``reset`` drops the connection,
-    and the next ``tick`` connects again (a payload not written stays offered).
+    So per other node the store serves one ``set`` for the payload and one
+    for the flag per write, at most one write per ``lines_seconds`` while only
+    lines change; node 0 asks nothing while nothing changes but one wait and
+    one ``check`` per ``lines_seconds``, whatever the job's size, and reads
+    each payload at most once per change of state or ``lines_seconds``. Store
+    errors propagate; ``reset`` drops the connection, and the next ``tick``
+    connects again (a payload not written stays offered).
 
     Attributes:
         requests, bytes_sent, bytes_received: store calls made so far, and the
@@ -83,8 +86,6 @@ class StoreRelay:
         self._lines_due_at = 0.0
         self._offered: Optional[bytes] = None
         self._offered_state_change = False
-        self._counts_exist = False
-        self._counts_seen = (b"", b"")
         self._written: List[str] = []  # node 0: the payload keys known to exist
         self.requests = 0
         self.bytes_sent = 0
@@ -101,7 +102,7 @@ class StoreRelay:
         self._offered_state_change = self._offered_state_change or state_changed
 
     def tick(self) -> List[bytes]:
-        """Write what is due (other nodes) or read what changed (node 0: the payloads)."""
+        """Write what is due (other nodes), or wait for a change and read it (node 0)."""
         if self.is_reader:
             return self._read()
         self._write()
@@ -114,10 +115,10 @@ class StoreRelay:
         now = time.monotonic()
         if self._offered is None or (not self._offered_state_change and now < self._lines_due_at):
             return
-        counter = states_key if self._offered_state_change else lines_key
+        flag = states_key if self._offered_state_change else lines_key
         store = self._connected()
         store.set(card_key(self._run_id, self._node), self._offered)
-        store.add(counter(self._run_id), 1)
+        store.set(flag(self._run_id), b"1")  # after the payload: node 0 reads it once woken
         self.requests += 2
         self.bytes_sent += len(self._offered)
         self._offered, self._offered_state_change = None, False
@@ -125,22 +126,21 @@ class StoreRelay:
 
     def _read(self) -> List[bytes]:
         store = self._connected()
-        counts = [states_key(self._run_id), lines_key(self._run_id)]
-        if not self._counts_exist:
-            # Create the counts (adding 0), so that one multi_get reads them:
-            # it would wait for a missing key.
-            for key in counts:
-                store.add(key, 0)
-            self.requests += len(counts)
-            self._counts_exist = True
-        states, lines = store.multi_get(counts)
+        flags = [states_key(self._run_id), lines_key(self._run_id)]
+        timeout = max(TICK_SECONDS, self._lines_due_at - time.monotonic())
         self.requests += 1
-        now = time.monotonic()
-        seen_states, seen_lines = self._counts_seen
-        if states == seen_states and (lines == seen_lines or now < self._lines_due_at):
-            return []
-        self._counts_seen = (states, lines)
-        self._lines_due_at = now + self._lines_seconds
+        try:
+            store.wait(flags[:1], timedelta(seconds=timeout))
+        except Exception:  # noqa: BLE001 - TCPStore's time-out (DistStoreError), or the store gone
+            self.requests += 1
+            if not store.check(flags[1:]):
+                self._lines_due_at = time.monotonic() + self._lines_seconds
+                return []
+        # Flags down before reading: a payload written after this read sets one again.
+        for flag in flags:
+            store.delete_key(flag)
+        self.requests += len(flags)
+        self._lines_due_at = time.monotonic() + self._lines_seconds
         for node in range(1, self._num_nodes):
             key = card_key(self._run_id, node)
             if key not in self._written:
