@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 # long; nothing depends on it ending: stop() wakes the waiting thread itself.
 _CHANGE_WAIT = timedelta(hours=1)
 _CHANGE_THREAD = "metaflow-rdzv-changes"
+# How often per heartbeat_interval node 0 reads every node's heartbeat counter
+# (one request for all): a silent node is failed within heartbeat_timeout plus
+# this fraction of an interval after its last beat.
+_READS_PER_INTERVAL = 4
 
 
 def wake_every_node(store: Store, keys: JobKeys, num_nodes: int,
@@ -220,12 +224,25 @@ class Watcher:
             try:
                 self._side.call(lambda store: store.add(heartbeat_key, 1), deadline)
                 last_answer = time.monotonic()
-                # Node 0 reads the counters half an interval after the beats,
-                # so that no beat is in flight while it reads.
-                if self._topology.is_control and not self._stop_event.wait(interval / 2):
-                    self._check_heartbeats(time.monotonic())
+                if self._topology.is_control:
+                    self._read_heartbeats_until_next_beat()
             except StoreUnreachableError as error:
                 self._fail(self._unreachable(error))
+            if self._failure is not None:
+                return
+
+    def _read_heartbeats_until_next_beat(self) -> None:
+        """Node 0 reads the counters ``_READS_PER_INTERVAL`` times, between the beat instants.
+
+        So no beat is in flight during a read, and a counter that stopped is
+        seen within a fraction of an interval past ``heartbeat_timeout``.
+        """
+        interval = self._settings.heartbeat_interval
+        for read in range(_READS_PER_INTERVAL):
+            pause = interval * (read + 0.5) / _READS_PER_INTERVAL - time.time() % interval
+            if self._stop_event.wait(max(0.0, pause)):
+                return
+            self._check_heartbeats(time.monotonic())
             if self._failure is not None:
                 return
 
@@ -240,9 +257,6 @@ class Watcher:
         others = range(1, self._topology.num_nodes)
         keys = [self._keys.heartbeat(i) for i in others]
         counts = self._side.call(lambda store: store.multi_get(keys))
-        # A beat first seen by this read was sent at the last beat instant,
-        # half an interval ago: the node has been silent that much longer.
-        slack = self._settings.heartbeat_interval / 2
         for node, raw in zip(others, counts):
             count = int(raw)
             last_count, since = self._heartbeats.get(node, (-1, now))
@@ -251,11 +265,11 @@ class Watcher:
             # Before the first round forms, a node that never beat may just be
             # starting (the join timeout covers it); after, it must beat.
             elif (count > 0 or self._joined()) and (
-                now - since + slack > self._settings.heartbeat_timeout
+                now - since > self._settings.heartbeat_timeout
             ):
                 reason = (
-                    f"stopped sending heartbeats {now - since + slack:.0f} s ago (its agent "
-                    f"was killed, or the network to it is cut)"
+                    f"stopped sending heartbeats {now - since:.0f} s ago (its agent was "
+                    f"killed, or the network to it is cut)"
                 )
                 self._silent_nodes.append(node)
                 self.publish_failure(reason, node)
