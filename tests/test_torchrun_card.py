@@ -287,3 +287,27 @@ def test_the_last_render_holds_sigint_until_it_is_done():
     with _interrupts_deferred(deliver=False):  # after a failure: run raises that instead
         os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_task_finds_node_0s_store_where_the_backend_puts_it(monkeypatch):
+    """The card's relay connects to store_address(...): the backend's own choice, every case."""
+    import pytest
+    from torch.distributed.elastic.rendezvous import RendezvousParameters
+
+    from rendezvous.endpoint import store_address
+    from rendezvous.handler import create_handler
+    from rendezvous.topology import Topology
+
+    for declared in (None, 29400):
+        topology = Topology(1, 2, "10.1.2.3", declared_port=declared)
+        for name, value in topology.environment().items():
+            monkeypatch.setenv(name, value)
+        if declared is None:
+            monkeypatch.delenv("MF_MASTER_PORT", raising=False)
+        for endpoint in ("", ":24000", "10.9.9.9", "[::1]:29500"):
+            params = RendezvousParameters("metaflow", endpoint, "job-a0-c1", 2, 2)
+            handler = create_handler(params)
+            assert store_address(endpoint, "job-a0-c1", topology) == (
+                handler.host, handler.port), (declared, endpoint)
+    with pytest.raises(ValueError):  # rendezvous.errors.ConfigError, as the backend raises
+        store_address(":0", "job-a0-c1", topology)
