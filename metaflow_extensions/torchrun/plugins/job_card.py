@@ -88,8 +88,6 @@ class JobCard:
         self._agent_running: Callable[[], bool] = lambda: False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="torchrun-card", daemon=True)
-        # The thread and finish() both update and refresh the card: one at a time.
-        self._card_lock = threading.Lock()
         self._last_refresh = 0.0
         self._refreshed_version = -1
         self._rendered_states: Tuple[Any, ...] = ()
@@ -163,17 +161,16 @@ class JobCard:
         well and says why.
         """
         with _interrupts_deferred(deliver=failure is None):
-            self.stop()
+            self.stop()  # from here on, only this thread touches the card
             self.state.finish(returncode, failure)
-            with self._card_lock:
-                self._update(time.time())
-                if failure is not None:
-                    # Metaflow renders a card at the end of a task only when
-                    # the task succeeded: the error is on the card only if we
-                    # render it, and before the task ends.
-                    _render_now(self._card)
-                else:
-                    self._card.refresh(force=True)
+            self._update(time.time())
+            if failure is not None:
+                # Metaflow renders a card at the end of a task only when the
+                # task succeeded: the error is on the card only if we render
+                # it, and before the task ends.
+                _render_now(self._card)
+            else:
+                self._card.refresh(force=True)
 
     def _run(self) -> None:
         reported = ""
@@ -195,15 +192,12 @@ class JobCard:
         if (self.state.version == self._refreshed_version
                 or time.monotonic() - self._last_refresh < self._refresh_seconds):
             return
-        with self._card_lock:
-            if self._stop.is_set():
-                return
-            states = self._update(time.time())
-            # A changed state re-renders the card (what Metaflow's client
-            # fetches); new lines alone only update the live view.
-            self._card.refresh(force=states != self._rendered_states)
-            self._rendered_states = states
-            self._last_refresh = time.monotonic()
+        states = self._update(time.time())
+        # A changed state re-renders the card (what Metaflow's client fetches);
+        # new lines alone only update the live view.
+        self._card.refresh(force=states != self._rendered_states)
+        self._rendered_states = states
+        self._last_refresh = time.monotonic()
 
     def _update(self, now: float) -> Tuple[Any, ...]:
         """Put the state into the components; return what a re-render depends on."""
