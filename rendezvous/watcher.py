@@ -210,11 +210,13 @@ class Watcher:
         interval = settings.heartbeat_interval
         heartbeat_key = self._keys.heartbeat(self._topology.node_index)
         last_answer = time.monotonic()
-        # Every node beats at the same instants, the multiples of the interval
-        # on the wall clock: node 0's store then reads many beats per wake-up
-        # of its thread instead of waking once per beat, which is most of what
-        # a beat costs it. (The first beat also comes after the round's own calls.)
-        while not self._stop_event.wait(interval - time.time() % interval):
+        # The first beat goes at once, so that a node that dies early is timed
+        # from its start. Then every node beats at the same instants, the
+        # multiples of the interval on the wall clock: node 0's store reads many
+        # beats per wake-up of its thread instead of waking once per beat, which
+        # is most of what a beat costs it.
+        pause = 0.0
+        while not self._stop_event.wait(pause):
             now = time.monotonic()
             # Node 0 is unreachable once silent for heartbeat_timeout since its
             # last answer, as a node is for node 0; a thread that got no CPU
@@ -230,6 +232,7 @@ class Watcher:
                 self._fail(self._unreachable(error))
             if self._failure is not None:
                 return
+            pause = interval - time.time() % interval
 
     def _read_heartbeats_until_next_beat(self) -> None:
         """Node 0 reads the counters ``_READS_PER_INTERVAL`` times, between the beat instants.
@@ -240,13 +243,15 @@ class Watcher:
         interval = self._settings.heartbeat_interval
         for read in range(_READS_PER_INTERVAL):
             pause = interval * (read + 0.5) / _READS_PER_INTERVAL - time.time() % interval
+            if pause < 0 and read < _READS_PER_INTERVAL - 1:
+                continue  # its instant passed (the first beat, or a late one): the next
             if self._stop_event.wait(max(0.0, pause)):
                 return
             self._check_heartbeats(time.monotonic())
             if self._failure is not None:
                 return
 
-    def _unreachable(self, error: BaseException) -> JobFailedError:
+    def _unreachable(self, error: object) -> JobFailedError:
         return JobFailedError(
             f"the control node (node 0, rendezvous store at {self._side.endpoint}) is "
             f"unreachable: {error}. Its own log says why.",
