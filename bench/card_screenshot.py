@@ -83,9 +83,9 @@ def main() -> None:
         raise SystemExit("chromium is not on PATH: apt-get install -y chromium")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    screenshot("default", {"steps": 6}, out / "card-success.png", args.width, args.height)
+    screenshot("default", {"steps": 10}, out / "card-success.png", args.width, args.height)
     # The other ranks wait for a file that never comes, until the failure stops them.
-    screenshot("blank", {"steps": 4, "fail-rank": 3, "release-file": "never-released"},
+    screenshot("blank", {"steps": 10, "fail-rank": 3, "release-file": "never-released"},
                out / "card-failure.png", args.width, args.height)
 
 
