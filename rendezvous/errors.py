@@ -48,6 +48,25 @@ class JoinTimeoutError(MetaflowRendezvousError, RendezvousTimeoutError):
         self.missing = missing
 
 
+class RestartAfterFinishError(MetaflowRendezvousError, RendezvousClosedError):
+    """A node asked for a restart round after another node's workers had all finished.
+
+    A finished node's agent never joins another round, so the round could never
+    form; the job fails instead of waiting ``join_timeout`` for it.
+    """
+
+
+def restart_after_finish_reason(round_: int, finished: "list[int]") -> str:
+    """Why a restart into ``round_`` cannot happen, and what to do: ``finished`` nodes are done."""
+    nodes = ", ".join(map(str, finished))
+    return (
+        f"its workers failed and it asked for a restart (round {round_}), but the workers of "
+        f"node {nodes} had all finished by then, so no restart round can form. A restart "
+        f"needs the workers of every node: make every rank wait for the others before it "
+        f"returns (for example dist.barrier() at the end), or run without max_restarts"
+    )
+
+
 class JobFailedError(MetaflowRendezvousError, RendezvousClosedError):
     """Another node of the job failed, so this node stops too.
 

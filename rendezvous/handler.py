@@ -26,8 +26,11 @@ from .errors import (
     ForeignJobError,
     JobFailedError,
     JoinTimeoutError,
+    MetaflowRendezvousError,
+    RestartAfterFinishError,
     StoreUnreachableError,
     TopologyError,
+    restart_after_finish_reason,
 )
 from .failures import OWN, PEER_LOST, FailureKind, describe_failure
 from .keys import JobKeys
@@ -66,6 +69,10 @@ class MetaflowRendezvousHandler(RendezvousHandler):
       each later call (a restart). A round completes when all ``num_nodes``
       nodes arrived; each restart round starts with the workers' keys wiped, so
       no stale address of the previous round leaks into the new one.
+    - A node whose workers all succeeded never joins another round: when one
+      node asks for a restart round after another node's workers finished (in
+      either order), the job fails at once with ``RestartAfterFinishError``
+      naming both, instead of the restart waiting ``join_timeout``.
     - ``num_nodes_waiting`` is 1 once another node asked for a newer round,
       which makes the agent restart its workers into it without spending a
       restart; it raises ``JobFailedError`` once any node failed.
@@ -136,7 +143,9 @@ class MetaflowRendezvousHandler(RendezvousHandler):
             self._open(deadline)
         target = self._round + 1
         if target > 0:
-            self._main.call(lambda store: self._ask_for_round(store, target))
+            finished = self._main.call(lambda store: self._ask_for_round(store, target))
+            if finished:
+                raise RestartAfterFinishError(restart_after_finish_reason(target, finished) + ".")
         self._join(target, deadline)
         self._round = target
         logger.info(
@@ -144,7 +153,10 @@ class MetaflowRendezvousHandler(RendezvousHandler):
             self.node_index, target, self.run_id, self.topology.num_nodes, self.endpoint,
         )
         return RendezvousInfo(
-            AgentStore(self._main, self._keys.agent_prefix(target), self.settings.join_timeout),
+            AgentStore(
+                self._main, self._keys.agent_prefix(target), self.settings.join_timeout,
+                workers_finished=self._workers_finished,
+            ),
             self.node_index,
             self.topology.num_nodes,
             RendezvousStoreInfo(master_addr=self.host, master_port=self.port),
@@ -223,11 +235,46 @@ class MetaflowRendezvousHandler(RendezvousHandler):
                 " ".join(f"{name}={value}" for name, value in chosen.items()) or "nothing",
             )
 
-    def _ask_for_round(self, store: Store, round_: int) -> None:
-        """Ask every node to follow into ``round_``; only the first node to ask wakes them."""
+    def _ask_for_round(self, store: Store, round_: int) -> List[int]:
+        """Ask every node to follow into ``round_``; only the first node to ask wakes them.
+
+        Returns the nodes whose workers had all finished, which never follow.
+        Asking before reading them (and ``_workers_finished`` marking before
+        reading the round) means that of a restart and a finish at the same
+        time, at least one side sees the other.
+        """
         keys = self._keys
         if store.add(keys.asked(round_), 1) == 1:
-            wake_every_node(store, keys, self.topology.num_nodes, {keys.round: str(round_)})
+            wake_every_node(
+                store, keys, self.topology.num_nodes,
+                {keys.round: str(round_), keys.asked_by(round_): str(self.node_index)},
+            )
+        return _node_list(store.get(keys.finished)) if store.check([keys.finished]) else []
+
+    def _workers_finished(self) -> None:
+        """This node's workers all succeeded: say so, and fail the job if a restart was asked.
+
+        A node that asked for a newer round would wait ``join_timeout`` for
+        this one, which never joins it; the job fails now, naming that node.
+        Never raises: torch's exit barrier follows either way.
+        """
+        keys = self._keys
+        current = self._round
+
+        def mark_finished(store: Store) -> "tuple[int, Optional[str]]":
+            store.append(keys.finished, f"{self.node_index},")
+            requested = int(store.get(keys.round))
+            asker = store.get(keys.asked_by(requested)).decode() if requested > current else None
+            return requested, asker
+
+        try:
+            requested, asker = self._main.call(mark_finished)
+        except MetaflowRendezvousError:
+            return  # node 0 is gone or the job failed: shutdown() says so
+        if asker is not None:
+            self._watcher.publish_failure(
+                restart_after_finish_reason(requested, [self.node_index]), int(asker), OWN
+            )
 
     def _join(self, round_: int, deadline: float) -> None:
         num_nodes = self.topology.num_nodes
@@ -256,8 +303,7 @@ class MetaflowRendezvousHandler(RendezvousHandler):
 
     def _members(self, connection: BoundedConnection, round_: int) -> List[int]:
         key = self._keys.members(round_)
-        raw = connection.call(lambda store: store.get(key)).decode()
-        return [int(item) for item in raw.split(",") if item]
+        return _node_list(connection.call(lambda store: store.get(key)))
 
     def _join_timeout(self, round_: int, missing: List[int]) -> JoinTimeoutError:
         names = ", ".join(map(str, missing))
@@ -340,6 +386,11 @@ class MetaflowRendezvousHandler(RendezvousHandler):
                 "its torchrun agent exited before the job finished (stopped by a signal?)", OWN
             )
             self._close()
+
+
+def _node_list(raw: bytes) -> List[int]:
+    """Node indexes as appended to a key: ``"0,2,1,"``."""
+    return [int(item) for item in raw.decode().split(",") if item]
 
 
 def create_handler(params: RendezvousParameters) -> MetaflowRendezvousHandler:

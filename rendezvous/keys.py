@@ -11,7 +11,7 @@ The keys of one job, all below ``metaflow-torchrun/<rdzv id>/``:
 
 - ``round``: the newest round any node asked for (restart requests move it up).
 - ``r<N>/asked``: how many nodes asked for round N; the first one moves
-  ``round`` and wakes every node.
+  ``round``, names itself in ``r<N>/asked_by`` and wakes every node.
 - ``r<N>/count``, ``r<N>/members``: arrivals in round N; the last arrival checks
   the member list and sets ``r<N>/complete``, which the others wait on.
 - ``r<N>/agent/``: the store handed to torch's agent for round N (rank
@@ -22,6 +22,8 @@ The keys of one job, all below ``metaflow-torchrun/<rdzv id>/``:
   record is the first wakes every node.
 - ``wake/<i>``: exists when node i has a change of the job to read (a failure,
   a new round asked for); node i waits for it, deletes it, then reads.
+- ``finished``: ``"<i>,"`` per node whose workers all succeeded (its agent
+  entered torch's exit barrier); such a node never joins another round.
 - ``closed``: one count per node that finished; node 0 waits for them before
   taking the store down.
 """
@@ -35,7 +37,7 @@ class JobKeys:
     Attributes:
         namespace: the prefix of every key of the backend, of any job.
         job: the key naming the job whose node 0 hosts the store.
-        round, failures, failure_count, closed: the job's keys of those names.
+        round, failures, failure_count, finished, closed: the job's keys of those names.
     """
 
     def __init__(self, run_id: str):
@@ -46,6 +48,7 @@ class JobKeys:
         self.round = prefix + "round"
         self.failures = prefix + "failures"
         self.failure_count = prefix + "failure_count"
+        self.finished = prefix + "finished"
         self.closed = prefix + "closed"
 
     def count(self, round_: int) -> str:
@@ -53,6 +56,9 @@ class JobKeys:
 
     def asked(self, round_: int) -> str:
         return f"{self._prefix}r{round_}/asked"
+
+    def asked_by(self, round_: int) -> str:
+        return f"{self._prefix}r{round_}/asked_by"
 
     def members(self, round_: int) -> str:
         return f"{self._prefix}r{round_}/members"

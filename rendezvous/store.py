@@ -219,14 +219,23 @@ class AgentStore(Store):
 
     Every call goes through the handler's bounded connection, so none blocks
     the agent for long, and waits (rank assignment, the exit barrier) end as
-    soon as the job fails elsewhere.
+    soon as the job fails elsewhere. The agent calls ``wait`` only in its exit
+    barrier, which it enters once its workers all succeeded: ``wait`` first
+    calls ``workers_finished``.
     """
 
-    def __init__(self, main: BoundedConnection, prefix: str, join_timeout: float):
+    def __init__(
+        self,
+        main: BoundedConnection,
+        prefix: str,
+        join_timeout: float,
+        workers_finished: Callable[[], None],
+    ):
         super().__init__()
         self._main = main
         self._prefix = prefix
         self._timeout = timedelta(seconds=join_timeout)
+        self._workers_finished = workers_finished
 
     @property
     def timeout(self) -> timedelta:
@@ -241,6 +250,7 @@ class AgentStore(Store):
         # the job failed elsewhere, end the wait quietly instead: shutdown()
         # raises that failure right after.
         try:
+            self._workers_finished()
             self._wait(keys, timeout)
         except JobFailedError:
             pass

@@ -103,6 +103,20 @@ def test_node_that_finished_fails_when_another_node_fails_later(tmp_path):
         assert "JobFailedError: node 1 failed first" in job.output(0), job.output(0)
 
 
+def test_restart_after_another_node_finished_fails_at_once(tmp_path):
+    # node 0's worker succeeds at once; node 1's fails later and, with a restart left,
+    # asks for round 1, which node 0 (in torch's exit barrier) never joins
+    env = {"FAIL_RANK": "1", "FAIL_AFTER": "3", "IDLE_SECONDS": "0"}
+    with Job(tmp_path, 2, "raise_or_idle.py", launcher="module", torchrun_args=["--max-restarts=1"],
+             rdzv_conf={**FAST, "join_timeout": 300}, env=env) as job:
+        job.start()
+        assert job.wait(timeout=60) == {0: 1, 1: 1}  # not join_timeout (300 s) later
+        reason = ("its workers failed and it asked for a restart (round 1), but the workers of "
+                  "node 0 had all finished by then")
+        assert f"RestartAfterFinishError: {reason}" in job.output(1), job.output(1)
+        assert "JobFailedError: node 1 failed first: RestartAfterFinishError" in job.output(0), job.output(0)
+
+
 # join_timeout leaves room for a slow start of node 2 on a busy machine: if node 0
 # timed out before node 2 connected, node 2 would rightly report node 0 instead.
 def test_node_that_never_arrives_is_named(tmp_path):
