@@ -21,7 +21,7 @@ from torch.distributed.elastic.rendezvous import (
 )
 
 from . import BACKEND_NAME
-from .endpoint import derive_port, format_endpoint, parse_endpoint
+from .endpoint import format_endpoint, store_address
 from .errors import (
     ForeignJobError,
     JobFailedError,
@@ -416,8 +416,7 @@ def create_handler(params: RendezvousParameters) -> MetaflowRendezvousHandler:
         )
     # A port the compute layer declared for node 0 (@kubernetes(port=...)) is
     # the one its network policy opens; a port in the endpoint wins over it.
-    default_port = topology.declared_port or derive_port(params.run_id)
-    host, port = parse_endpoint(params.endpoint, topology.main_ip, default_port)
+    host, port = store_address(params.endpoint, params.run_id, topology)
     return MetaflowRendezvousHandler(topology, settings, params.run_id, host, port)
 
 

@@ -26,6 +26,9 @@ The keys of one job, all below ``metaflow-torchrun/<rdzv id>/``:
   entered torch's exit barrier); such a node never joins another round.
 - ``closed``: one count per node that finished; node 0 waits for them before
   taking the store down.
+- ``card/``: with ``@card`` on the step, each node's ranks for the card and
+  two flags; named by the extension's status relay, which runs as a script
+  where this package may not be importable.
 """
 
 _NAMESPACE = "metaflow-torchrun/"

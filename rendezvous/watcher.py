@@ -276,10 +276,12 @@ class Watcher:
                     f"stopped sending heartbeats {now - since:.0f} s ago (its agent was "
                     f"killed, or the network to it is cut)"
                 )
+                # Every node silent now is recorded, not only the first: node 0
+                # waits at its close for the nodes it does not know to be silent.
                 self._silent_nodes.append(node)
                 self.publish_failure(reason, node)
-                self._fail(self.root_cause())
-                return
+        if self._silent_nodes:
+            self._fail(self.root_cause())
 
     # The change thread
 

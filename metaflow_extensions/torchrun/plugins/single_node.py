@@ -3,16 +3,15 @@
 The name, and the order of ``run``'s arguments, are those of the original
 metaflow-torchrun, so that its flows run unchanged. The job is a one-node
 ``current.torch`` job: the same launcher, backend, logs, errors and result.
-Nothing here imports torch or the launcher until ``run`` is called: Metaflow
-imports this module on every ``import metaflow``.
+Nothing here imports torch, the launcher or our exceptions until ``run`` is
+called: Metaflow imports this module on every ``import metaflow``, and the
+exceptions import metaflow themselves (importing them first must not make a cycle).
 """
 
 import os
 import socket
 import sys
 from typing import TYPE_CHECKING, Dict
-
-from .exceptions import TorchrunArgumentError
 
 if TYPE_CHECKING:
     from .command import NprocSpec
@@ -76,6 +75,7 @@ def _task_launcher() -> "TorchrunLauncher":
     from metaflow import current
     from rendezvous.topology import Topology
 
+    from .exceptions import TorchrunArgumentError
     from .launcher import TorchrunLauncher
     from .step_settings import StepSettings, TaskIdentity
 
