@@ -20,7 +20,9 @@ import torch  # noqa: E402
 import rendezvous  # noqa: E402
 
 from .parent import ForeignLoad, run_benchmark  # noqa: E402
-from .protocol import BACKENDS, LOOPBACK, TIME_RECORD, Options  # noqa: E402
+from bench.store_ports import LOOPBACK  # noqa: E402
+
+from .protocol import BACKENDS, TIME_RECORD, Options  # noqa: E402
 from .report import format_table  # noqa: E402
 
 

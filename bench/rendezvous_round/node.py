@@ -12,7 +12,9 @@ from torch.distributed.elastic.rendezvous.registry import get_rendezvous_handler
 from metaflow_extensions.torchrun.plugins.worker_bootstrap import die_with_parent
 from rendezvous.topology import Topology
 
-from .protocol import (LOOPBACK, MAX_REPORT_BYTES, TIME_RECORD, MeasurementFailed, Options,
+from bench.store_ports import LOOPBACK
+
+from .protocol import (MAX_REPORT_BYTES, TIME_RECORD, MeasurementFailed, Options,
                        Pipes, Scenario)
 
 

@@ -4,7 +4,6 @@ import os
 import resource
 import select
 import signal
-import socket
 import statistics
 import sys
 import time
@@ -12,32 +11,16 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
+from bench.store_ports import free_port
+
 from .node import node_process
-from .protocol import (LOOPBACK, RESTARTABLE, TIME_RECORD, MeasurementFailed, Options, Outcome,
+from .protocol import (RESTARTABLE, TIME_RECORD, MeasurementFailed, Options, Outcome,
                        Pipes, Scenario)
 
 # Time between the parent's "go" and the release instant, so that every node is
 # asleep waiting for the instant, not still being scheduled, when it comes.
 _RELEASE_MARGIN_S = 0.05
 _RELEASE_MARGIN_PER_NODE_S = 0.002
-# Store ports come from below Linux's ephemeral range (32768-60999): an outgoing
-# connection of some node can then never sit on a port a store is about to
-# listen on. One run of the benchmark uses a few hundred.
-_PORTS = range(21000, 32768)
-
-
-def _free_port() -> int:
-    """The next port from ``_PORTS`` that nothing holds now; each measurement gets a new one."""
-    for port in _PORTS:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind((LOOPBACK, port))
-            except OSError:
-                continue
-        return port
-    raise MeasurementFailed(f"no free port left in {_PORTS}")
-
-
 class _Reports:
     """Reads ``kind index value`` lines from the nodes until a deadline.
 
@@ -105,7 +88,7 @@ def _reap(pids: List[int], deadline: float) -> None:
 def measure(scenario: Scenario, options: Options) -> Outcome:
     """Fork the nodes of one scenario, time its round (and restart), and clean up."""
     n = scenario.num_nodes
-    port = _free_port()
+    port = free_port()
     run_id = f"bench-{uuid.uuid4().hex[:12]}"
     pipes = Pipes()
     pids: List[int] = []

@@ -7,7 +7,6 @@ from typing import Optional, Tuple
 
 BACKENDS = ("metaflow", "c10d", "static")
 RESTARTABLE = frozenset({"metaflow", "c10d"})
-LOOPBACK = "127.0.0.1"
 
 # One release instant, as the parent writes it and every node reads it.
 TIME_RECORD = struct.Struct("d")

@@ -29,7 +29,8 @@ from rendezvous.handler import MetaflowRendezvousHandler
 from rendezvous.settings import RendezvousSettings
 from rendezvous.topology import Topology
 
-LOOPBACK = "127.0.0.1"
+from bench.store_ports import LOOPBACK
+
 # What torch's agent polls at while workers are healthy (its monitor_interval).
 MONITOR_INTERVAL = 0.1
 

@@ -4,7 +4,6 @@ import multiprocessing
 import os
 import resource
 import signal
-import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -13,12 +12,13 @@ from typing import Dict, List, Optional, Tuple
 
 from rendezvous.settings import RendezvousSettings
 
-from .nodes import LOOPBACK, host_process
+from bench.store_ports import free_port
+
+from .nodes import host_process
 
 # Simulated nodes per process: enough processes that the store connections
 # and threads of one stay few thousands, few enough to fit two cores.
 _NODES_PER_PROCESS = 128
-_PORTS = range(21000, 32768)
 
 
 class MeasurementFailed(Exception):
@@ -37,17 +37,6 @@ class Figures:
     silent_detected_s: Optional[float] = None
 
 
-def _free_port() -> int:
-    for port in _PORTS:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind((LOOPBACK, port))
-            except OSError:
-                continue
-        return port
-    raise MeasurementFailed(f"no free port left in {_PORTS}")
-
-
 def raise_file_limit() -> None:
     """Node 0 holds a few connections per node: let every process open as many files as allowed."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -64,7 +53,7 @@ class Job:
                  timeout: float, alone: Tuple[int, ...] = ()):
         self.num_nodes = num_nodes
         self.timeout = timeout
-        port = _free_port()
+        port = free_port()
         run_id = f"scale-{uuid.uuid4().hex[:8]}"
         rest = [i for i in range(1, num_nodes) if i not in alone]
         groups = [[0]] + [[i] for i in alone] + [
