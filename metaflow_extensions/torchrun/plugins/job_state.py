@@ -23,7 +23,7 @@ from typing import Any, Deque, Dict, List, NamedTuple, Optional, Set, Tuple
 from . import post_mortem
 from .command import LaunchPlan, whole_number
 from .exceptions import TorchrunFailed
-from .worker_bootstrap import first_error
+from .worker_bootstrap import attempt_number, first_error
 
 STARTING = "starting"
 RUNNING = "running"
@@ -271,7 +271,7 @@ class JobState:
                 self._nproc = len(_local_ranks(attempts[0])) or None
             started = {number for _, number in self._rounds}
             for attempt_dir in attempts:  # in order: an attempt's error before the next starts
-                attempt = int(attempt_dir.rsplit("_", 1)[1])
+                attempt = attempt_number(attempt_dir)
                 if attempt not in started:
                     self._rounds.append((now, attempt))
                     for local in _local_ranks(attempt_dir):

@@ -67,18 +67,16 @@ class LogPump:
             pending += chunk
             end = pending.rfind(b"\n") + 1
             if end:
-                self._emit(sink, tail, pending[:end], self._on_line)
+                self._emit(sink, tail, pending[:end])
                 pending = pending[end:]
             if len(pending) > _MAX_LINE:
-                self._emit(sink, tail, pending + b"\n", self._on_line)
+                self._emit(sink, tail, pending + b"\n")
                 pending = b""
         if pending:
-            self._emit(sink, tail, pending + b"\n", self._on_line)
+            self._emit(sink, tail, pending + b"\n")
         source.close()
 
-    @staticmethod
-    def _emit(sink: TextIO, tail: Deque[str], data: bytes,
-              on_line: Optional[Callable[[str], None]]) -> None:
+    def _emit(self, sink: TextIO, tail: Deque[str], data: bytes) -> None:
         """Write ``data`` (whole lines) one line per write, each flushed at once.
 
         One line per write because in a local run every node writes into the
@@ -96,7 +94,8 @@ class LogPump:
             except UnicodeEncodeError:  # a sink that cannot encode U+FFFD or other characters
                 sink.write(text.encode("ascii", errors="backslashreplace").decode("ascii"))
             sink.flush()
-            tail.append(text.rstrip("\n"))
-            if on_line is not None:
-                on_line(text.rstrip("\n"))
+            line = text.rstrip("\n")
+            tail.append(line)
+            if self._on_line is not None:
+                self._on_line(line)
             start = end

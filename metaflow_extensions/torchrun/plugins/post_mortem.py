@@ -13,7 +13,7 @@ from typing import List, Optional
 from .command import LaunchPlan
 from .exceptions import TorchrunFailed
 from .local_nodes import NodeFailure
-from .worker_bootstrap import first_error
+from .worker_bootstrap import attempt_number, first_error
 
 _TRACEBACK_LINES = 20
 
@@ -25,7 +25,7 @@ def attempt_dirs(plan: LaunchPlan) -> List[str]:
     a restart in a new rendezvous round makes the next attempt.
     """
     found = glob.glob(os.path.join(plan.log_dir, f"{plan.rdzv_id}_*", "attempt_*"))
-    return sorted(found, key=lambda path: int(path.rsplit("_", 1)[1]))
+    return sorted(found, key=attempt_number)
 
 
 def failure(

@@ -146,6 +146,12 @@ class ReturnValueError(Exception):
     """A function entrypoint returned a value that cannot be pickled."""
 
 
+def attempt_number(attempt_dir: str) -> int:
+    """N of a directory named ``attempt_<N>``: torchrun's per-attempt log
+    directories, and this module's per-attempt return values."""
+    return int(attempt_dir.rsplit("_", 1)[1])
+
+
 def _return_value_path(results_dir: str, attempt: str, rank: str) -> str:
     return os.path.join(results_dir, f"attempt_{attempt}", f"rank_{rank}.pickle")
 
@@ -190,7 +196,7 @@ def read_return_values(results_dir: str) -> Dict[int, Any]:
     attempts = glob.glob(os.path.join(results_dir, "attempt_*"))
     if not attempts:
         return {}
-    last = max(attempts, key=lambda path: int(path.rsplit("_", 1)[1]))
+    last = max(attempts, key=attempt_number)
     values = {}
     for path in glob.glob(os.path.join(last, "rank_*.pickle")):
         rank = int(os.path.basename(path)[len("rank_"):-len(".pickle")])
