@@ -9,7 +9,7 @@ import os
 from enum import Enum
 from typing import List, NamedTuple, Optional, Tuple
 
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 from .errors import JobFailedError
 
@@ -81,11 +81,23 @@ def root_cause(records: List[FailureRecord]) -> Optional[JobFailedError]:
     )
 
 
+def _failure_time(failure: ProcessFailure) -> Tuple[int, int]:
+    """When a worker failed: its recorded second, then when its error file was written."""
+    try:
+        written = os.stat(failure.error_file).st_mtime_ns
+    except OSError:  # no error file (killed by a signal): only the second is known
+        written = 0
+    return failure.timestamp, written
+
+
 def describe_failure(error: BaseException) -> Tuple[str, FailureKind]:
     """One line saying how this node's agent failed, and its kind."""
     if not isinstance(error, ChildFailedError):
         return f"{type(error).__name__}: {error}", OWN
-    rank, failure = error.get_first_failure()
+    # torch's get_first_failure compares whole-second timestamps, and a
+    # rank's failure makes its peers fail within the same second: the time
+    # each error file was written decides between them.
+    rank, failure = min(error.failures.items(), key=lambda item: _failure_time(item[1]))
     if failure.exitcode < 0:
         how = f"was killed by {failure.signal_name()}"
     else:

@@ -1,5 +1,7 @@
 """Pure logic of the backend: settings, endpoint, topology, registration, failure text."""
 
+import json
+import os
 import subprocess
 import sys
 
@@ -166,6 +168,20 @@ def test_describe_failure_names_rank_and_error(tmp_path):
         "global rank 2 (local rank 0) was killed by SIGKILL", OWN
     )
     assert describe_failure(KeyError("k")) == ("KeyError: 'k'", OWN)
+
+
+def test_the_failure_written_first_is_named_within_one_second(tmp_path):
+    # rank 3 raised; rank 2 lost it as a peer in the same second, its file written later
+    failures = {}
+    for rank, message, written in ((2, "RuntimeError: Connection closed by peer", 2_000),
+                                   (3, "ValueError: bad batch on rank 3", 1_000)):
+        error_file = tmp_path / f"error-{rank}.json"
+        error_file.write_text(json.dumps({"message": {"message": message, "extraInfo": {"timestamp": "7"}}}))
+        os.utime(error_file, ns=(written, written))
+        failures[rank] = ProcessFailure(local_rank=rank - 2, pid=rank, exitcode=1, error_file=str(error_file))
+    assert describe_failure(ChildFailedError("train.py", failures)) == (
+        "global rank 3 (local rank 1) exited with code 1: ValueError: bad batch on rank 3", OWN
+    )
 
 
 def test_a_failure_saying_a_peer_went_away_is_secondary(tmp_path):

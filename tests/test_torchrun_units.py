@@ -487,3 +487,11 @@ def test_the_launcher_reads_the_error_files_the_bootstrap_writes(tmp_path, monke
     assert worker_bootstrap.first_error(str(attempt)) == worker_bootstrap.WorkerError(
         local_rank=0, rank="4", message="ValueError: bad 0", traceback="trace 0")
     assert worker_bootstrap.first_error(str(tmp_path / "attempt_1")) is None
+    # in one second, the file written first wins: local rank 1's, made older here
+    for local_rank, written in ((0, 2_000), (1, 1_000)):
+        path = attempt / str(local_rank) / "error.json"
+        data = json.loads(path.read_text())
+        data["message"]["extraInfo"]["timestamp"] = "7"
+        path.write_text(json.dumps(data))
+        os.utime(path, ns=(written, written))
+    assert worker_bootstrap.first_error(str(attempt)).local_rank == 1

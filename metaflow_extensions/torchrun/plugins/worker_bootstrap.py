@@ -123,6 +123,9 @@ def first_error(attempt_dir: str) -> Optional[WorkerError]:
     torchrun gives local rank R of an attempt the error file
     ``<attempt_dir>/<R>/error.json``, which ``_record_error`` (or torch's
     ``@record`` in the program) writes; files in another layout are skipped.
+    The recorded timestamp has whole seconds only, and a rank's failure
+    makes its peers fail within the same second: the time each file was
+    written decides between them.
     """
     found = []
     for path in glob.glob(os.path.join(attempt_dir, "*", "error.json")):
@@ -136,7 +139,7 @@ def first_error(attempt_dir: str) -> Optional[WorkerError]:
                 message=content.get("message", ""),
                 traceback=extra.get("py_callstack", ""),
             )
-            found.append((int(extra.get("timestamp", 0)), error))
+            found.append(((int(extra.get("timestamp", 0)), os.stat(path).st_mtime_ns), error))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
     return min(found)[1] if found else None
