@@ -5,6 +5,7 @@ A record is one line ``<node index>\\t<kind>\\t<reason>``, written by
 kept on one line.
 """
 
+import math
 import os
 from enum import Enum
 from typing import List, NamedTuple, Optional, Tuple
@@ -81,12 +82,17 @@ def root_cause(records: List[FailureRecord]) -> Optional[JobFailedError]:
     )
 
 
-def _failure_time(failure: ProcessFailure) -> Tuple[int, int]:
-    """When a worker failed: its recorded second, then when its error file was written."""
+def _failure_time(failure: ProcessFailure) -> Tuple[int, float]:
+    """When a worker failed: its recorded second, then when its error file was written.
+
+    A worker without an error file was killed by a signal, most often by its
+    agent stopping the workers after another one failed: within one second it
+    comes after every worker that wrote one.
+    """
     try:
-        written = os.stat(failure.error_file).st_mtime_ns
-    except OSError:  # no error file (killed by a signal): only the second is known
-        written = 0
+        written: float = os.stat(failure.error_file).st_mtime_ns
+    except OSError:
+        written = math.inf
     return failure.timestamp, written
 
 

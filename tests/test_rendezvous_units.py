@@ -179,6 +179,9 @@ def test_the_failure_written_first_is_named_within_one_second(tmp_path):
         error_file.write_text(json.dumps({"message": {"message": message, "extraInfo": {"timestamp": "7"}}}))
         os.utime(error_file, ns=(written, written))
         failures[rank] = ProcessFailure(local_rank=rank - 2, pid=rank, exitcode=1, error_file=str(error_file))
+    # rank 1 was stopped by its agent in that second: no error file
+    failures[1] = ProcessFailure(local_rank=1, pid=1, exitcode=-15, error_file="<N/A>")
+    failures[1].timestamp = 7
     assert describe_failure(ChildFailedError("train.py", failures)) == (
         "global rank 3 (local rank 1) exited with code 1: ValueError: bad batch on rank 3", OWN
     )
