@@ -27,20 +27,14 @@ its task with it. ``test_two_nodes_with_a_metadata_service`` proves our side tha
 way; ``test_two_nodes_with_local_metadata`` is the expected failure.
 """
 
-import contextlib
-import subprocess
-import sys
 import time
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, List, Optional
-from urllib.parse import urlsplit
 
 import pytest
 
 from harness.netns_hosts import unavailable_reason
-from harness.processes import MARKER_VAR
-from rehearsal import metadata_service
 from rehearsal.batch_standin import QUEUE, job_records
 from rehearsal.cluster import Cluster
 
@@ -52,7 +46,6 @@ pytestmark = [
 ]
 
 FLOW = "remote_batch.py"
-METADATA_PORT = 8080
 BATCH_ENV = {
     "METAFLOW_BATCH_JOB_QUEUE": QUEUE,
     "METAFLOW_ECS_S3_ACCESS_IAM_ROLE": "arn:aws:iam::123456789012:role/rehearsal-batch",
@@ -72,41 +65,6 @@ def clean_cluster(cluster: Cluster) -> Iterator[Cluster]:
     """The cluster; the test fails if its flow run leaves a process behind."""
     yield cluster
     cluster.assert_nothing_left()
-
-
-@contextlib.contextmanager
-def running_metadata_service(cluster: Cluster) -> Iterator[str]:
-    """A metadata service on the S3 test host, for the whole block; yields its URL."""
-    address = urlsplit(cluster.s3_endpoint).hostname
-    host = cluster.hosts.addresses.index(address)
-    url = f"http://{address}:{METADATA_PORT}"
-    service = subprocess.Popen(
-        [*cluster.hosts.command_prefix(host), sys.executable, metadata_service.__file__,
-         "0.0.0.0", str(METADATA_PORT)],
-        env={**cluster.env, MARKER_VAR: cluster.marker}, stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        ready = cluster.run_on_laptop([sys.executable, "-c", _WAIT_FOR_PING, url], timeout=30)
-        assert ready.returncode == 0, f"the metadata service never answered: {ready.stderr}"
-        yield url
-    finally:
-        service.kill()
-        service.wait()
-
-
-_WAIT_FOR_PING = """
-import sys, time, urllib.request
-deadline = time.monotonic() + 20
-while True:
-    try:
-        urllib.request.urlopen(sys.argv[1] + "/ping", timeout=1).read()
-        break
-    except OSError:
-        if time.monotonic() > deadline:
-            raise
-        time.sleep(0.05)
-"""
 
 
 def _jobs_since(cluster: Cluster, since_ms: int) -> List[dict]:
@@ -133,7 +91,7 @@ def test_two_nodes_with_a_metadata_service(clean_cluster: Cluster) -> None:
     upstream fix (PR #2574) would change. Nothing of Metaflow is patched.
     """
     started_ms = int(time.time() * 1000)
-    with running_metadata_service(clean_cluster) as url:
+    with clean_cluster.metadata_service() as url:
         run = clean_cluster.run_flow(FLOW, timeout=FLOW_TIMEOUT, env={
             **BATCH_ENV, "METAFLOW_DEFAULT_METADATA": "service", "METAFLOW_SERVICE_URL": url})
     assert run.returncode == 0, run.output[-6000:]

@@ -10,16 +10,22 @@ this cannot show). One run per case family, to keep the time down:
   ``@kubernetes(gpu=2, port=P)``: two processes per node, the store on P;
 - two nodes x one process with the control pod starting late: the join sees both
   nodes, and ``rendezvous`` comes from the code package;
-- a rank raising on the worker pod fails the run, naming the rank.
+- a rank raising on the worker pod fails the run, naming the rank;
+- with a metadata service, node 0's card, refreshed on its pod and read from S3 on the
+  laptop, shows both ranks running while they wait, then the failed rank and its error.
 """
 
 import json
 import re
 import subprocess
-from typing import Dict
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Dict, Iterator, Sequence
 
 import pytest
 
+from harness.cards import find_card, parse_texts, rank_row, reader_command
 from harness.flow_runs import FlowRun
 from harness.netns_hosts import unavailable_reason
 from rehearsal.cluster import Cluster
@@ -61,6 +67,26 @@ def jobset_logs(cluster: Cluster, run: FlowRun) -> Dict[str, str]:
     assert jobsets, run.output[-6000:]
     return {name: text for name, text in cluster.pod_logs().items()
             if name.rsplit("-", 4)[0] in jobsets}
+
+
+@contextmanager
+def removed_after(path: Path) -> Iterator[Path]:
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def read_cards(cluster: Cluster, env: Dict[str, str], want: Sequence[str] = (),
+               timeout: float = 0) -> Dict[str, str]:
+    """``{pathspec: Markdown}`` of the cards of the train tasks of RemoteTrainingFlow's latest
+    run, read on the laptop with Metaflow's client (``env`` over the cluster's: the run's
+    metadata), once one holds every text of ``want`` (or at ``timeout``)."""
+    reader = cluster.run_on_laptop(
+        reader_command(["RemoteTrainingFlow/latest/train"], want, timeout), env=env,
+        timeout=timeout + 60)
+    assert reader.returncode == 0, reader.stderr[-3000:]
+    return parse_texts(reader.stdout)
 
 
 def test_the_pod_environment_lacks_metaflow_torchrun(pod_python_env):
@@ -143,3 +169,45 @@ def test_rank_raising_on_a_worker_pod(clean_cluster):
     assert "step train[0]" in control and "failed" in control, control
     train = "\n".join(run.task_lines("train"))
     assert "global rank 1" in train and "RuntimeError: rank 1 failed on purpose" in train, train
+
+
+def test_card_is_live_on_the_pods_and_kept_on_failure(clean_cluster):
+    """Node 0's card, refreshed on its pod, reaches the laptop through S3 while the ranks
+    wait; once rank 1 (the other pod) raised, the failed task's card names it and its error.
+
+    With a metadata service: the laptop's client finds a running task through it. Without
+    one, Metaflow 2.19.39's card subprocess on a pod cannot find its own task ("Task ...
+    does not exist"), for a plain @parallel step too, and no card is saved.
+    """
+    # Pods have a /tmp of their own; /dev/shm is the machine's.
+    release = Path("/dev/shm") / f"{clean_cluster.marker}-release"
+    running = [rank_row(rank, 0, rank, "running") for rank in (0, 1)]
+    seen: Dict[str, Dict[str, str]] = {}
+    metadata: Dict[str, str] = {}
+
+    def watch_then_release() -> None:
+        try:
+            seen["texts"] = read_cards(clean_cluster, metadata, want=running, timeout=90)
+        finally:
+            release.touch()  # the ranks wait for it
+
+    with clean_cluster.metadata_service() as url, removed_after(release):
+        metadata.update(METAFLOW_DEFAULT_METADATA="service", METAFLOW_SERVICE_URL=url)
+        watcher = threading.Thread(target=watch_then_release, daemon=True)
+        watcher.start()
+        run = clean_cluster.run_flow("remote_training.py", "--release_file", str(release),
+                                     "--fail_rank", "1", env=metadata)
+        watcher.join(timeout=60)
+        assert run.returncode != 0, run.output[-6000:]
+        live = find_card(seen["texts"], *running)
+        assert "**Job running**" in live, live
+        # The card's wall time of a rank, when the laptop first saw it running: an upper
+        # bound of how late the live view is.
+        ran = re.findall(r"\| ▶ running \| [^|]* \| ([0-9.]+) s \|", live)
+        print(f"LIVE CARD: both ranks seen running on the laptop, at wall times {ran} s")
+        final = find_card(read_cards(clean_cluster, metadata), "| 0 | 0 | 0 |")
+    assert rank_row(1, 0, 1, "failed") + " 1 |" in final, final
+    # Rank 0 failed too (gloo: connection closed by peer), or was stopped by its agent.
+    assert re.search(r"\| 0 \| 0 \| 0 \| (✖ failed|■ stopped) \|", final), final
+    assert "**global rank 1 on node 1 (local rank 0), exit 1** failed first" in final, final
+    assert "RuntimeError: rank 1 failed on purpose" in final, final

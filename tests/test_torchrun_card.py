@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import List
 
 import metaflow  # noqa: F401 - first: the extension's modules import it, and it imports them
+from harness.cards import parse_texts, rank_row as row, reader_command
 from harness.flow_runs import RunningFlow
 
 from metaflow_extensions.torchrun.plugins.job_card import _cell, _inline, _rank_table, _timeline
@@ -29,41 +30,6 @@ from metaflow_extensions.torchrun.plugins.job_state import (
 from metaflow_extensions.torchrun.plugins.command import plan_launch, parse_torchrun_args
 from metaflow_extensions.torchrun.plugins.program import Entrypoint
 
-# Prints, as a JSON list, the Markdown of the cards of each task (argv[3:]), once the first
-# task's holds every text of the JSON list argv[2] (or at the deadline argv[1]): run with the
-# flow's environment, so that Metaflow's client finds the run.
-_CARD_READER = r"""
-import base64, json, re, sys, time
-from metaflow import Task
-from metaflow.cards import get_cards
-
-def markdown(pathspec):
-    texts = []
-    try:
-        for card in get_cards(Task(pathspec, attempt=0)):
-            found = re.search(r'__MF_DATA__\["[^"]+"\] = "([^"]+)"', card.get())
-            stack = [json.loads(base64.b64decode(found.group(1)))]
-            while stack:  # depth first, in the card's order
-                item = stack.pop()
-                if isinstance(item, dict):
-                    if item.get("type") == "markdown":
-                        texts.append(item["source"])
-                    stack.extend(reversed(list(item.values())))
-                elif isinstance(item, list):
-                    stack.extend(reversed(item))
-    except Exception as error:  # no card saved yet
-        texts = [f"no card: {error}"]
-    return "\n".join(texts)
-
-deadline, want, pathspecs = time.monotonic() + float(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3:]
-while True:
-    first = markdown(pathspecs[0])
-    if all(w in first for w in want) or time.monotonic() > deadline:
-        print(json.dumps([first] + [markdown(pathspec) for pathspec in pathspecs[1:]]))
-        break
-    time.sleep(0.5)
-"""
-
 
 def card_env(flows) -> dict:
     # Metaflow's local card store is ./.metaflow/mf.cards of the working directory (the
@@ -73,20 +39,15 @@ def card_env(flows) -> dict:
 
 
 def card_texts(flows, *pathspecs: str, want: List[str] = (), timeout: float = 0) -> List[str]:
-    """The Markdown of each task's cards, once the first's holds every text of ``want``
+    """The Markdown of each task's cards, once one's holds every text of ``want``
     (or at ``timeout``); one reader process for all, since each imports Metaflow."""
     reader = subprocess.run(
-        [sys.executable, "-c", _CARD_READER, str(timeout), json.dumps(list(want)), *pathspecs],
-        env={**flows.env, **card_env(flows)}, cwd=flows.root, capture_output=True, text=True,
-        timeout=timeout + 60,
+        reader_command(pathspecs, want, timeout), env={**flows.env, **card_env(flows)},
+        cwd=flows.root, capture_output=True, text=True, timeout=timeout + 60,
     )
     assert reader.returncode == 0, reader.stderr[-3000:]
-    return json.loads(reader.stdout)
-
-
-def row(rank: int, local: int, node: int, state: str) -> str:
-    marks = {RUNNING: "▶ running", DONE: "✔ done", FAILED: "✖ failed", STOPPED: "■ stopped"}
-    return f"| {rank} | {local} | {node} | {marks[state]} |"
+    texts = parse_texts(reader.stdout)
+    return [texts[pathspec] for pathspec in pathspecs]
 
 
 def task_pathspecs(output: str) -> dict:

@@ -40,6 +40,7 @@ Every process of a flow run and of its pods carries the test's marker variable
 (``harness.processes.MARKER_VAR``): ``Cluster.kill_all`` kills whatever is left.
 """
 
+import contextlib
 import fcntl
 import importlib.abc
 import importlib.util
@@ -55,15 +56,18 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from harness.flow_runs import FLOWS, FlowRun, run_to_end
 from harness.netns_hosts import TestHosts
 from harness.processes import MARKER_VAR, is_alive, kill_processes, processes_with_marker
 
+from . import metadata_service
+
 CLUSTER_VAR = "METAFLOW_TORCHRUN_REHEARSAL_CLUSTER"
 BUCKET = "rehearsal"
 S3_PORT = 5000
+METADATA_PORT = 8080
 # What Kubernetes would name the namespace the pods run in.
 KUBERNETES_NAMESPACE = "rehearsal"
 # Dummy credentials: moto accepts any; a cluster's IAM role would give real ones.
@@ -331,6 +335,20 @@ def _kubeconfig() -> str:
     })
 
 
+_WAIT_FOR_PING = """
+import sys, time, urllib.request
+deadline = time.monotonic() + 20
+while True:
+    try:
+        urllib.request.urlopen(sys.argv[1] + "/ping", timeout=1).read()
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.05)
+"""
+
+
 class Cluster:
     """Test hosts with S3 and room for ``pod_hosts`` pods; a context manager.
 
@@ -445,6 +463,30 @@ class Cluster:
             start_new_session=True,
         )
         return run_to_end(process, timeout, f"{flow} {' '.join(command)}", self.kill_all)
+
+    @contextlib.contextmanager
+    def metadata_service(self) -> Iterator[str]:
+        """A metadata service on the S3 test host, for the whole block; yields its URL.
+
+        Run a flow with ``METAFLOW_DEFAULT_METADATA=service`` and
+        ``METAFLOW_SERVICE_URL`` set to it: every pod registers its task there,
+        so the laptop's client sees the tasks while they run.
+        """
+        address = self.hosts.addresses[_S3_HOST]
+        url = f"http://{address}:{METADATA_PORT}"
+        service = subprocess.Popen(
+            [*self.hosts.command_prefix(_S3_HOST), sys.executable, metadata_service.__file__,
+             "0.0.0.0", str(METADATA_PORT)],
+            env={**self.env, MARKER_VAR: self._s3_marker}, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        try:
+            ready = self.run_on_laptop([sys.executable, "-c", _WAIT_FOR_PING, url], timeout=30)
+            assert ready.returncode == 0, f"the metadata service never answered: {ready.stderr}"
+            yield url
+        finally:
+            service.kill()
+            service.wait()
 
     def pod_logs(self) -> Dict[str, str]:
         """``{pod name: its output}`` of every pod started so far."""

@@ -1,14 +1,22 @@
-"""Worker of the rehearsal flows: a gloo all_reduce, then one line with what the rank saw."""
+"""Worker of the rehearsal flows: a gloo all_reduce, then one line with what the rank saw.
+
+With ``--release-file``, each rank first waits (at most two minutes) for that file."""
 import argparse
 import os
 import socket
+import time
 
 import torch
 import torch.distributed as dist
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--fail-rank", type=int, default=-1)
+parser.add_argument("--release-file", default="")
 args = parser.parse_args()
+
+deadline = time.monotonic() + 120
+while args.release_file and not os.path.exists(args.release_file) and time.monotonic() < deadline:
+    time.sleep(0.1)
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
