@@ -202,9 +202,10 @@ class MetaflowRendezvousHandler(RendezvousHandler):
             store = connect_store(self.host, self.port, timeout)
         self._main = BoundedConnection(store, self.endpoint, timeout)
         job_key = self._keys.job
-        if not self._main.wait([job_key], deadline):
+        owner_raw = self._main.wait_then([job_key], deadline, lambda store: store.get(job_key))
+        if owner_raw is None:
             raise self._join_timeout(0, [0])
-        owner = self._main.call(lambda store: store.get(job_key)).decode()
+        owner = owner_raw.decode()
         if owner != self.run_id:
             raise ForeignJobError(
                 f"the rendezvous store at {self.endpoint} belongs to job {owner!r}, not to "
@@ -281,8 +282,12 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         members_key = self._keys.members(round_)
         count_key = self._keys.count(round_)
         complete_key = self._keys.complete(round_)
-        self._main.call(lambda store: store.append(members_key, f"{self.node_index},"))
-        if self._main.call(lambda store: store.add(count_key, 1)) < num_nodes:
+
+        def arrive(store: Store) -> int:
+            store.append(members_key, f"{self.node_index},")
+            return store.add(count_key, 1)
+
+        if self._main.call(arrive) < num_nodes:
             if not self._main.wait([complete_key], deadline):
                 arrived = set(self._members(self._side, round_))
                 raise self._join_timeout(round_, sorted(set(range(num_nodes)) - arrived))

@@ -12,9 +12,9 @@ Standard library only, Linux only: elsewhere nothing is found and nothing is set
 """
 
 import ctypes
-import ctypes.util
 import ipaddress
 import socket
+import sys
 from typing import Dict, Iterator, Mapping, Optional, Tuple
 
 GLOO_IFNAME_VAR = "GLOO_SOCKET_IFNAME"
@@ -34,6 +34,12 @@ def local_address_towards(host: str, port: int) -> str:
     with socket.socket(family, kind, proto) as probe:
         probe.connect(address)
         return probe.getsockname()[0]
+
+
+# The C library the interpreter runs with, where getifaddrs lives. Not
+# ctypes.util.find_library("c"): that runs ldconfig in a subprocess at every
+# call, a few milliseconds of every node's first round.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
 class _SockAddr(ctypes.Structure):
@@ -62,12 +68,10 @@ _ADDRESS_SLICES = {socket.AF_INET: slice(2, 6), socket.AF_INET6: slice(6, 22)}
 
 def _interface_addresses() -> Iterator[Tuple[str, str]]:
     """``(interface name, address)`` for every IPv4 and IPv6 address of this machine."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
+    if _LIBC is None:
         return
-    libc = ctypes.CDLL(libc_name, use_errno=True)
     head = ctypes.POINTER(_IfAddrs)()
-    if libc.getifaddrs(ctypes.byref(head)) != 0:
+    if _LIBC.getifaddrs(ctypes.byref(head)) != 0:
         return
     try:
         entry = head
@@ -79,7 +83,7 @@ def _interface_addresses() -> Iterator[Tuple[str, str]]:
                 yield item.name.decode(errors="replace"), socket.inet_ntop(family, raw)
             entry = item.next
     finally:
-        libc.freeifaddrs(head)
+        _LIBC.freeifaddrs(head)
 
 
 def interface_with_address(address: str) -> Optional[str]:

@@ -133,16 +133,25 @@ class BoundedConnection:
         self._abandoned: Optional[str] = None
         self._aborted: Optional[BaseException] = None
         self._changed = threading.Condition()
-        self._calls: "queue.SimpleQueue[_Call]" = queue.SimpleQueue()
-        threading.Thread(target=self._serve, name="metaflow-rdzv-store", daemon=True).start()
+        self._hand_over = self._start_worker()
 
-    def _serve(self) -> None:
+    def _start_worker(self) -> Callable[[_Call], None]:
+        """Start the thread that runs the calls; returns what hands a call over to it."""
+        calls: "queue.SimpleQueue[_Call]" = queue.SimpleQueue()
+        threading.Thread(
+            target=self._serve, args=(calls,), name="metaflow-rdzv-store", daemon=True
+        ).start()
+        return calls.put
+
+    def _serve(self, calls: "queue.SimpleQueue[_Call]") -> None:
         while True:
-            pending = self._calls.get()
-            pending.run(self.store)
-            with self._changed:
-                pending.finished = True
-                self._changed.notify_all()
+            self._run(calls.get())
+
+    def _run(self, pending: _Call) -> None:
+        pending.run(self.store)
+        with self._changed:
+            pending.finished = True
+            self._changed.notify_all()
 
     def abort(self, reason: BaseException) -> None:
         """Make every call still waiting for its answer, and every later one, raise ``reason``."""
@@ -166,7 +175,7 @@ class BoundedConnection:
         if deadline is None:
             deadline = time.monotonic() + self.call_timeout
         pending = _Call(operation)
-        self._calls.put(pending)
+        self._hand_over(pending)
         with self._changed:
             self._changed.wait_for(
                 lambda: pending.finished or self._aborted is not None,
@@ -200,18 +209,32 @@ class BoundedConnection:
 
     def wait(self, keys: List[str], deadline: float) -> bool:
         """Wait until every key exists: True, or False once ``deadline`` passed."""
+        return self.wait_then(keys, deadline, lambda store: True) is not None
+
+    def wait_then(self, keys: List[str], deadline: float,
+                  operation: Callable[[Store], T]) -> Optional[T]:
+        """Wait until every key exists, then return ``operation(store)``, in one call.
+
+        Returns None once ``deadline`` passed (so ``operation`` must not
+        return None). One call instead of two saves a hand-over to the
+        worker thread and back.
+        """
         # TCPStore's own timeout ends the wait at the deadline, and our bound
         # comes a little later: the worker thread is then free again, instead
         # of returning from C++ while the interpreter shuts down, which aborts
         # the process.
         timeout = timedelta(seconds=max(0.001, deadline - time.monotonic()))
+
+        def wait_and_operate(store: Store) -> T:
+            store.wait(keys, timeout)
+            return operation(store)
+
         try:
-            self.call(lambda store: store.wait(keys, timeout), deadline + _WAIT_REPLY_GRACE)
+            return self.call(wait_and_operate, deadline + _WAIT_REPLY_GRACE)
         except StoreUnreachableError:
             if time.monotonic() >= deadline:
-                return False
+                return None
             raise
-        return True
 
 
 class AgentStore(Store):

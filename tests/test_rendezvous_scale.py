@@ -9,9 +9,13 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 
 import pytest
+from torch.distributed import Store
 
+import rendezvous.handler as handler_module
+import rendezvous.watcher as watcher_module
 from rendezvous.errors import JobFailedError
 from rendezvous.failures import PEER_LOST
 from rendezvous.handler import MetaflowRendezvousHandler
@@ -165,3 +169,80 @@ def test_a_store_that_goes_away_fails_the_job_at_once_not_after_heartbeat_timeou
 def test_poll_interval_of_earlier_versions_is_accepted_and_means_nothing():
     assert RendezvousSettings.from_config({"poll_interval": "0.1"}) == RendezvousSettings()
     assert not hasattr(RendezvousSettings(), "poll_interval")
+
+
+class _RecordingStore:
+    """A client store that records every request made through it: ``(method, arguments)``.
+
+    Timeouts are recorded as ``"timeout"``: they come from deadlines, which differ
+    from run to run; everything else (keys, values, amounts) as given.
+    """
+
+    def __init__(self, store: Store, log: list):
+        self._store = store
+        self._log = log
+
+    def __getattr__(self, name: str):
+        method = getattr(self._store, name)
+
+        def recorded(*args):
+            self._log.append((name, tuple(
+                "timeout" if isinstance(arg, timedelta) else
+                tuple(arg) if isinstance(arg, list) else arg for arg in args)))
+            return method(*args)
+
+        return recorded
+
+
+def _requests_of_a_job(monkeypatch, connection_class) -> list:
+    """Every request of a 2-node job through round 0, a restart asked by node 1, and the close.
+
+    One list per client connection (node 0's own store, which it hosts, is not
+    one), sorted: which connection is opened first is up to the threads.
+    Node 0's reads of the heartbeat counters are left out: when they happen
+    depends on the wall clock (the instants between the beats).
+    """
+    logs = []
+
+    def recording_connect(host, port, timeout):
+        logs.append([])
+        return _RecordingStore(connect_store(host, port, timeout), logs[-1])
+
+    monkeypatch.setattr(handler_module, "connect_store", recording_connect)
+    monkeypatch.setattr(watcher_module, "connect_store", recording_connect)
+    monkeypatch.setattr(handler_module, "BoundedConnection", connection_class)
+    port = _free_port()
+    run_id = "scale-requests"
+    keys = JobKeys(run_id)
+    node0, node1 = (MetaflowRendezvousHandler(Topology(node, 2, LOOPBACK), QUIET, run_id,
+                                              LOOPBACK, port) for node in range(2))
+    try:
+        # Node 0 arrives first in round 0, node 1 first in round 1: the last to
+        # arrive makes more requests, so the order is fixed.
+        first = threading.Thread(target=node0.next_rendezvous)
+        first.start()
+        assert wait_until_listening(LOOPBACK, port, time.monotonic() + 30)
+        observer = connect_store(LOOPBACK, port, 10)
+        assert _until(lambda: observer.check([keys.count(0)]))
+        node1.next_rendezvous()
+        first.join(30)
+        restart = threading.Thread(target=node1.next_rendezvous)
+        restart.start()
+        assert _until(lambda: node0.num_nodes_waiting() == 1 and observer.check([keys.count(1)]))
+        node0.next_rendezvous()
+        restart.join(30)
+    finally:
+        node1.shutdown()
+        node0.shutdown()
+    beat_reads = ("multi_get", (tuple(keys.heartbeat(node) for node in range(1, 2)),))
+    return sorted([request for request in log if request != beat_reads] for log in logs)
+
+
+def test_the_scale_benchmarks_inline_calls_make_the_same_requests_as_a_real_node(monkeypatch):
+    """``bench.scale``'s cheap simulated node (``--inline-nodes``) is traffic-equivalent."""
+    from bench.scale.nodes import InlineConnection
+
+    threaded = _requests_of_a_job(monkeypatch, BoundedConnection)
+    inline = _requests_of_a_job(monkeypatch, InlineConnection)
+    assert len(threaded) == 5  # node 1's main, both nodes' side and change connections
+    assert inline == threaded

@@ -12,9 +12,38 @@ process of its own and the other nodes into processes of 128 nodes each
 (``nodes``). Every node is a real handler with its real threads and store
 connections; each process runs one "agent" loop for its nodes, which calls
 ``num_nodes_waiting()`` every 0.1 s as torch's agent does, follows a restart,
-and counts a node as stopped when that call raises ``JobFailedError``. The
-processes of simulated nodes run at nice 19: on a cluster node 0 has a machine
-of its own, here its store's thread must not starve behind thousands of threads.
+and counts a node as stopped when that call raises ``JobFailedError``; each
+node has one more thread, started with the process, that calls
+``next_rendezvous()`` when told to, as an agent's main thread does.
+
+What simulated nodes share that real ones do not, and how the simulation
+keeps that from being measured instead of the backend (of these, node 0's
+process has only the frozen heap):
+
+- **two cores for thousands of nodes**: the processes of simulated nodes run
+  at nice 19, so that node 0's store thread, which on a cluster has a
+  machine of its own, does not starve behind them.
+- **one GIL for 128 nodes**: a thread that waits for the GIL longer than the
+  switch interval forces a switch, and with hundreds of threads runnable at
+  once (every node told to join, every node woken by one store answer) those
+  forced switches cost more than the nodes' work. The processes of simulated
+  nodes set a switch interval of 1 s; their threads block within
+  microseconds anyway. (1024 nodes: first round 1.9-2.4 s with the default
+  5 ms, 1.2-1.3 s with 1 s.)
+- **torch's heap, inherited by fork**: 128 nodes' allocations in one process
+  made Python's full collections frequent, each walking every object torch
+  created and copying its pages (copy-on-write); the parent freezes its
+  objects (``gc.freeze()``) before forking.
+- **an agent's thread that exists before it joins**: starting a thread per
+  node when told to join made thread starts part of the round.
+- **a worker thread per connection** (``--inline-nodes``): a real node hands
+  each call over a connection to a thread of the connection, which bounds it
+  by a deadline: two thread switches per call, nothing on a node's own
+  machine, but more CPU than the requests when simulated by the thousand.
+  With ``--inline-nodes`` the simulated nodes (not node 0) run the calls on
+  the calling thread (``nodes.InlineConnection``): the same handler and
+  watcher code makes the same requests, which
+  ``tests/test_rendezvous_scale.py`` checks request by request.
 
 What one node count measures (``parent``), with the last node as the one that
 restarts, fails or falls silent:
@@ -37,7 +66,8 @@ restarts, fails or falls silent:
   stopped with SIGSTOP, and the time runs until node 0's agent loop got
   ``JobFailedError`` naming it (compare with ``--heartbeat-timeout``).
 
-``c10d`` runs the round, idle and restart parts (``--c10d-nodes``): it does not
+``c10d`` runs the round, idle and restart parts (``--c10d-nodes``), its nodes
+real handlers as well: it does not
 pass failures on to the other nodes, and its keep-alive timeout is no
 failure detector to compare. ``report`` prints one row per backend and node
 count, with ratios over metaflow at the same count, and the load average

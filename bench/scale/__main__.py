@@ -37,6 +37,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prog="python -m bench.scale", description=sys.modules[__package__].__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", default="64,256,1024,4096",
                         help="node counts for the metaflow backend (default: %(default)s)")
+    parser.add_argument("--inline-nodes", default="",
+                        help="node counts for the metaflow backend with the simulated nodes' "
+                             "store calls on the calling thread (see nodes.InlineConnection); "
+                             "empty for none (default: %(default)s)")
     parser.add_argument("--c10d-nodes", default="64,256",
                         help="node counts for c10d; empty for none (default: %(default)s)")
     parser.add_argument("--parts", default=",".join(PARTS),
@@ -54,12 +58,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     raise_file_limit()
     settings = RendezvousSettings(join_timeout=options.timeout,
                                   heartbeat_timeout=options.heartbeat_timeout)
-    plan = [("metaflow", n, parts) for n in _numbers(options.nodes)]
-    plan += [("c10d", n, [p for p in parts if p in C10D_PARTS])
+    plan = [("metaflow", False, n, parts) for n in _numbers(options.nodes)]
+    plan += [("metaflow", True, n, parts) for n in _numbers(options.inline_nodes)]
+    plan += [("c10d", False, n, [p for p in parts if p in C10D_PARTS])
              for n in _numbers(options.c10d_nodes)]
     baselines = {}
     rows = []
-    for backend, num_nodes, backend_parts in plan:
+    for backend, inline_calls, num_nodes, backend_parts in plan:
         if "idle" in backend_parts and backend not in baselines:
             baselines[backend] = measure_baseline(backend, settings, options.settle_seconds,
                                                   options.idle_seconds, options.timeout)
@@ -68,11 +73,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         load_before = _load()
         try:
             figures = measure_job(backend, num_nodes, settings, backend_parts,
-                                  options.settle_seconds, options.idle_seconds, options.timeout)
+                                  options.settle_seconds, options.idle_seconds, options.timeout,
+                                  inline_calls)
             error = None
         except MeasurementFailed as failure:
             figures, error = None, str(failure)
-        rows.append(Row(backend, num_nodes, figures, baselines.get(backend), error,
+        rows.append(Row(backend, inline_calls, num_nodes, figures, baselines.get(backend), error,
                         f"{load_before}-{_load()}"))
         print(rows[-1], flush=True)
     print()

@@ -1,5 +1,6 @@
 """The parent side: fork node 0 and the processes of simulated nodes, drive them, time them."""
 
+import gc
 import multiprocessing
 import os
 import resource
@@ -46,11 +47,13 @@ def raise_file_limit() -> None:
 class Job:
     """One job of ``num_nodes`` nodes: node 0 alone in a process, the rest in groups.
 
-    ``alone`` names nodes that get a process of their own (to be silenced by SIGSTOP).
+    ``alone`` names nodes that get a process of their own (to be silenced by SIGSTOP);
+    ``inline_calls`` makes the nodes other than node 0 call the store on the
+    calling thread (``nodes.InlineConnection``).
     """
 
     def __init__(self, backend: str, num_nodes: int, settings: RendezvousSettings,
-                 timeout: float, alone: Tuple[int, ...] = ()):
+                 timeout: float, alone: Tuple[int, ...] = (), inline_calls: bool = False):
         self.num_nodes = num_nodes
         self.timeout = timeout
         port = free_port()
@@ -61,6 +64,12 @@ class Job:
             for start in range(0, len(rest), _NODES_PER_PROCESS)
         ]
         context = multiprocessing.get_context("fork")
+        # torch's objects, created by the imports, stay out of the children's
+        # collections: a full collection walks every object of the process, so
+        # with a hundred nodes' allocations per process it ran often and copied
+        # the whole inherited heap (copy-on-write) in each child. A real node
+        # makes too few allocations to collect often.
+        gc.freeze()
         self._processes: List[multiprocessing.Process] = []
         self._pipes: List[Connection] = []
         self.host_of: Dict[int, int] = {}
@@ -70,7 +79,8 @@ class Job:
                 ours, theirs = context.Pipe()
                 process = context.Process(
                     target=host_process,
-                    args=(theirs, backend, indices, num_nodes, port, run_id, settings, os.getpid()),
+                    args=(theirs, backend, indices, num_nodes, port, run_id, settings, os.getpid(),
+                          inline_calls),
                     daemon=True)
                 process.start()
                 theirs.close()
@@ -160,7 +170,8 @@ def measure_baseline(backend: str, settings: RendezvousSettings, settle: float, 
 
 
 def measure_job(backend: str, num_nodes: int, settings: RendezvousSettings, parts: List[str],
-                settle: float, window: float, timeout: float) -> Figures:
+                settle: float, window: float, timeout: float,
+                inline_calls: bool = False) -> Figures:
     """Round, idle CPU, restart and failure in one job; a silent node in a second one.
 
     The last node is the one that restarts, fails, or falls silent.
@@ -168,7 +179,7 @@ def measure_job(backend: str, num_nodes: int, settings: RendezvousSettings, part
     figures = Figures(num_nodes)
     last = num_nodes - 1
     if {"round", "idle", "restart", "failure"} & set(parts):
-        job = Job(backend, num_nodes, settings, timeout)
+        job = Job(backend, num_nodes, settings, timeout, inline_calls=inline_calls)
         try:
             figures.round_s = _form_round(job)
             if "idle" in parts:
@@ -186,7 +197,8 @@ def measure_job(backend: str, num_nodes: int, settings: RendezvousSettings, part
         finally:
             job.close()
     if "silent" in parts:
-        job = Job(backend, num_nodes, settings, timeout, alone=(last,))
+        job = Job(backend, num_nodes, settings, timeout, alone=(last,),
+                  inline_calls=inline_calls)
         try:
             _form_round(job)
             time.sleep(settle)

@@ -8,9 +8,13 @@ from .parent import Figures
 
 @dataclass
 class Row:
-    """What one backend measured at one node count (``figures`` is None when it failed)."""
+    """What one backend measured at one node count (``figures`` is None when it failed).
+
+    ``inline_calls``: the simulated nodes called the store on the calling thread.
+    """
 
     backend: str
+    inline_calls: bool
     nodes: int
     figures: Optional[Figures]
     baseline_cpu_s_per_s: Optional[float]
@@ -24,6 +28,13 @@ class Row:
         extra = self.figures.idle_cpu_s_per_s - (self.baseline_cpu_s_per_s or 0.0)
         return extra / (self.nodes - 1) * 1e6
 
+    def label(self) -> str:
+        return f"{self.backend}, inline calls" if self.inline_calls else self.backend
+
+    def is_reference(self) -> bool:
+        """Whether the other rows of its node count are compared with this one."""
+        return self.backend == "metaflow" and not self.inline_calls
+
 
 def _value(value: Optional[float], digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
@@ -36,10 +47,11 @@ def _ratio(value: Optional[float], ours: Optional[float]) -> str:
 
 
 def format_table(rows: List[Row]) -> str:
-    """A markdown table; "vs metaflow" is the row's figure over metaflow's at the same count."""
+    """A markdown table; "vs metaflow" is the row's figure over metaflow's (threaded
+    calls) at the same count."""
     ours: Dict[Tuple[int, str], Optional[float]] = {}
     for row in rows:
-        if row.backend == "metaflow" and row.figures is not None:
+        if row.is_reference() and row.figures is not None:
             ours[(row.nodes, "idle")] = row.idle_us_per_node()
             ours[(row.nodes, "restart")] = row.figures.restart_s
     lines = [
@@ -50,13 +62,13 @@ def format_table(rows: List[Row]) -> str:
     ]
     for row in rows:
         if row.figures is None:
-            lines.append(f"| {row.nodes} | {row.backend} | failed: {row.error} "
+            lines.append(f"| {row.nodes} | {row.label()} | failed: {row.error} "
                          f"| | | | | | | {row.load} |")
             continue
         figures = row.figures
         idle = row.idle_us_per_node()
         lines.append(
-            f"| {row.nodes} | {row.backend} | {_value(idle, 1)} "
+            f"| {row.nodes} | {row.label()} | {_value(idle, 1)} "
             f"| {_ratio(idle, ours.get((row.nodes, 'idle')))} | {_value(figures.round_s, 2)} "
             f"| {_value(figures.restart_s, 2)} "
             f"| {_ratio(figures.restart_s, ours.get((row.nodes, 'restart')))} "
