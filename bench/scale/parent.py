@@ -20,6 +20,7 @@ from .nodes import host_process
 # Simulated nodes per process: enough processes that the store connections
 # and threads of one stay few thousands, few enough to fit two cores.
 _NODES_PER_PROCESS = 128
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class MeasurementFailed(Exception):
@@ -32,6 +33,9 @@ class Figures:
 
     nodes: int
     round_s: Optional[float] = None
+    # CPU seconds spent during the first round: node 0's process, and all the others'.
+    round_cpu_node0_s: Optional[float] = None
+    round_cpu_others_s: Optional[float] = None
     idle_cpu_s_per_s: Optional[float] = None
     restart_s: Optional[float] = None
     failure_to_stopped_s: Optional[float] = None
@@ -96,6 +100,15 @@ class Job:
     @property
     def node0_pid(self) -> int:
         return self._processes[0].pid
+
+    def cpu_of_processes(self) -> List[float]:
+        """CPU seconds each process used so far (node 0's first), read from ``/proc``."""
+        seconds = []
+        for process in self._processes:
+            with open(f"/proc/{process.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            seconds.append((int(fields[11]) + int(fields[12])) / _CLOCK_TICKS)
+        return seconds
 
     def pid_of(self, node: int) -> int:
         return self._processes[self.host_of[node]].pid
@@ -181,7 +194,10 @@ def measure_job(backend: str, num_nodes: int, settings: RendezvousSettings, part
     if {"round", "idle", "restart", "failure"} & set(parts):
         job = Job(backend, num_nodes, settings, timeout, inline_calls=inline_calls)
         try:
+            before = job.cpu_of_processes()
             figures.round_s = _form_round(job)
+            spent = [after - was for after, was in zip(job.cpu_of_processes(), before)]
+            figures.round_cpu_node0_s, figures.round_cpu_others_s = spent[0], sum(spent[1:])
             if "idle" in parts:
                 figures.idle_cpu_s_per_s = _idle_cpu(job, settle, window)
             if "restart" in parts:

@@ -46,6 +46,13 @@ def _ratio(value: Optional[float], ours: Optional[float]) -> str:
     return f"{value / ours:.1f}x"
 
 
+def _round_cpu(figures: Figures) -> str:
+    if figures.round_cpu_node0_s is None or figures.nodes < 2:
+        return "n/a"
+    others_ms = figures.round_cpu_others_s / (figures.nodes - 1) * 1e3
+    return f"{figures.round_cpu_node0_s:.2f}, {others_ms:.2f}"
+
+
 def format_table(rows: List[Row]) -> str:
     """A markdown table; "vs metaflow" is the row's figure over metaflow's (threaded
     calls) at the same count."""
@@ -56,20 +63,22 @@ def format_table(rows: List[Row]) -> str:
             ours[(row.nodes, "restart")] = row.figures.restart_s
     lines = [
         "| nodes | backend | node 0 CPU per node, us/s | vs metaflow | first round s "
+        "| its CPU: node 0 s, other nodes ms each "
         "| restart round s | vs metaflow | failure to all stopped s | silent node failed after s "
         "| load |",
-        "| ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :--- |",
+        "| ---: | :--- | ---: | ---: | ---: | :--- | ---: | ---: | ---: | ---: | :--- |",
     ]
     for row in rows:
         if row.figures is None:
             lines.append(f"| {row.nodes} | {row.label()} | failed: {row.error} "
-                         f"| | | | | | | {row.load} |")
+                         f"| | | | | | | | {row.load} |")
             continue
         figures = row.figures
         idle = row.idle_us_per_node()
         lines.append(
             f"| {row.nodes} | {row.label()} | {_value(idle, 1)} "
             f"| {_ratio(idle, ours.get((row.nodes, 'idle')))} | {_value(figures.round_s, 2)} "
+            f"| {_round_cpu(figures)} "
             f"| {_value(figures.restart_s, 2)} "
             f"| {_ratio(figures.restart_s, ours.get((row.nodes, 'restart')))} "
             f"| {_value(figures.failure_to_stopped_s, 2)} "
