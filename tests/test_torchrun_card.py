@@ -72,6 +72,10 @@ def test_card_is_live_while_ranks_run_then_shows_every_rank_done(flows):
     for expected in everyone_running:
         assert expected in live, live
     assert "**Job running**" in live
+    # The card's wall time of a rank when the client first saw them all running: an upper
+    # bound of how late the live view is.
+    print("LIVE CARD: all ranks seen running at wall times",
+          re.findall(r"\| ▶ running \| [^|]* \| ([0-9.]+) s \|", live))
     release.touch()  # the ranks wait for it
 
     run = running.finish(timeout=120)

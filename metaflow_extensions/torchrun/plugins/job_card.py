@@ -76,12 +76,13 @@ class JobCard:
     if the call is interrupted).
     """
 
-    def __init__(self, state: JobState, card: Any, refresh_seconds: float,
+    def __init__(self, state: JobState, card: Any, card_uuid: str, refresh_seconds: float,
                  exchange_factory: Optional[Callable[[], "StatusExchange"]]):
         from metaflow.cards import Markdown, VegaChart
 
         self.state = state
         self._card = card
+        self._card_uuid = card_uuid
         self._refresh_seconds = refresh_seconds
         self._exchange_factory = exchange_factory
         self._exchange: Optional["StatusExchange"] = None
@@ -113,7 +114,7 @@ class JobCard:
         entrypoint_args: "ArgsSpec",
     ) -> Optional["JobCard"]:
         """The section for this call, or None when the step has no card that takes components."""
-        card, refresh_seconds = _editable_card()
+        card, card_uuid, refresh_seconds = _editable_card()
         if card is None:
             return None
         state = JobState(
@@ -132,7 +133,7 @@ class JobCard:
                                   lines_seconds=max(1.0, refresh_seconds))
 
         exchange_factory = make_exchange if topology.num_nodes > 1 else None
-        return cls(state, card, refresh_seconds, exchange_factory)
+        return cls(state, card, card_uuid, refresh_seconds, exchange_factory)
 
     def line(self, text: str) -> None:
         """A line of the agent's output (worker lines carry their rank's prefix)."""
@@ -190,7 +191,8 @@ class JobCard:
                 self._exchange = self._exchange_factory()
             self._exchange.step()
         if (self.state.version == self._refreshed_version
-                or time.monotonic() - self._last_refresh < self._refresh_seconds):
+                or time.monotonic() - self._last_refresh < self._refresh_seconds
+                or _card_process_running(self._card_uuid)):
             return
         states = self._update(time.time())
         # A changed state re-renders the card (what Metaflow's client fetches);
@@ -213,20 +215,38 @@ class JobCard:
                 tuple((rank.rank, rank.state, rank.restarts) for rank in snapshot.ranks))
 
 
-def _editable_card() -> Tuple[Optional[Any], float]:
-    """``current.card`` when the step has a card that takes components, and its refresh interval."""
+def _editable_card() -> Tuple[Optional[Any], str, float]:
+    """``current.card`` when the step has a card that takes components, that card's
+    uuid, and its refresh interval."""
     from metaflow import current
 
     card = getattr(current, "card", None)  # present only in a step with @card
     if card is None:
-        return None, 0.0
+        return None, "", 0.0
     # Metaflow 2.19 keeps the step's default editable card (the one that
     # current.card.append fills) and its attributes here.
     uuid = getattr(card, "_default_editable_card", None)
     if uuid is None:
-        return None, 0.0
+        return None, "", 0.0
     meta = getattr(card, "_cards_meta", {}).get(uuid, {})
-    return card, float(meta.get("refresh_interval") or _DEFAULT_REFRESH_SECONDS)
+    return card, uuid, float(meta.get("refresh_interval") or _DEFAULT_REFRESH_SECONDS)
+
+
+def _card_process_running(card_uuid: str) -> bool:
+    """Whether Metaflow's card process (a render or a refresh) for this card still runs.
+
+    Metaflow 2.19 silently drops a refresh asked for while one runs: a state
+    change re-rendered then would not show until the next change. The process
+    takes seconds (it starts Python and loads the flow), so asking again at
+    the next tick after it ended shows the change as soon as Metaflow can.
+    """
+    try:
+        from metaflow.plugins.cards.card_creator import CardProcessManager
+
+        process, _ = CardProcessManager._get_card_process(card_uuid)
+    except (ImportError, AttributeError):  # another Metaflow: refresh as asked
+        return False
+    return process is not None and process.poll() is None
 
 
 @contextlib.contextmanager
