@@ -371,13 +371,17 @@ class MetaflowRendezvousHandler(RendezvousHandler):
             pass  # node 0 already went away: nothing left to tell it
 
     def _wait_for_others_to_close(self, closed: int) -> None:
-        # Only nodes that sent heartbeats and did not fall silent can close; one
-        # that never came (a join timeout) or died must not hold node 0 up.
+        # Only nodes that sent heartbeats and still send them can close; one that
+        # never came (a join timeout) or died (its agent killed: its task failed,
+        # and a local run's node 0 is stopped seconds later) must not hold node 0 up.
         beats = [self._keys.heartbeat(i) for i in range(self.topology.num_nodes)]
         side = self._side
-        counts = side.call(lambda store: store.multi_get(beats))
+        counts = [int(count) for count in side.call(lambda store: store.multi_get(beats))]
         silent = self._watcher.silent_nodes()
-        expected = sum(1 for node, count in enumerate(counts) if int(count) and node not in silent)
+        now = time.monotonic()
+        expected = sum(1 for node, count in enumerate(counts)
+                       if count and node not in silent
+                       and not self._watcher.stopped_beating(node, count, now))
         closed_key = self._keys.closed
         deadline = time.monotonic() + self.settings.close_timeout
         while closed < expected and time.monotonic() < deadline:

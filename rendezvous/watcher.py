@@ -148,6 +148,17 @@ class Watcher:
         """The nodes node 0 failed the job for because their heartbeats stopped."""
         return list(self._silent_nodes)
 
+    def stopped_beating(self, node: int, count: int, now: float) -> bool:
+        """Whether ``node``'s heartbeat counter, read as ``count`` at ``now``, stood still
+        for two intervals as of node 0's reads (False on other nodes, and for node 0).
+
+        Such a node is dead or cut off long before ``heartbeat_timeout`` says so; a
+        live node beats once per interval. ``count`` is read by the caller, so a
+        node 0 whose own reads fell behind does not take a live node for dead.
+        """
+        last_count, since = self._heartbeats.get(node, (-1, now))
+        return count == last_count and now - since > 2 * self._settings.heartbeat_interval
+
     def _fail(self, failure: Optional[JobFailedError]) -> None:
         """Keep ``failure`` unless one is known already: the first one seen stays."""
         with self._failure_lock:

@@ -169,6 +169,23 @@ def test_killed_agent_is_detected_by_heartbeat(tmp_path):
         assert "node 2 failed first: stopped sending heartbeats" in job.output(1), job.output(1)
 
 
+def test_control_node_does_not_wait_at_close_for_a_killed_node(tmp_path):
+    """Node 2's agent is SIGKILLed, then node 0's stopped (as a local run's launcher does once
+    node 2's task failed) long before heartbeat_timeout: node 0 closes without waiting
+    close_timeout for node 2, which will never close, and node 1 is told."""
+    conf = {**FAST, "heartbeat_timeout": 300, "close_timeout": 300}
+    with Job(tmp_path, 3, "idle.py", rdzv_conf=conf) as job:
+        job.start()
+        wait_for_output(job, [0, 1, 2], "started rank=")
+        job.signal(2, signal.SIGKILL)
+        time.sleep(4 * FAST["heartbeat_interval"])  # node 2 misses more than two beats
+        job.signal(0, signal.SIGTERM)
+        # Both far inside close_timeout and heartbeat_timeout (300 s each).
+        codes = job.wait(timeout=60, nodes=[0, 1])
+        assert codes[0] != 0 and codes[1] != 0
+        assert "the control node (node 0) failed first: its torchrun agent exited" in job.output(1), job.output(1)
+
+
 def test_killed_control_node_stops_the_others(tmp_path):
     with Job(tmp_path, 2, "idle.py", rdzv_conf=FAST) as job:
         job.start()
