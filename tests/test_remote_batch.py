@@ -1,7 +1,7 @@
 """AWS Batch rehearsal: a 2-node @torchrun step through Metaflow's real Batch path.
 
 ``python flow.py run`` runs ``flows/remote_batch.py``, whose ``train`` step is
-``@batch`` + ``@torchrun`` with ``num_parallel=2``. Metaflow builds and registers the
+``@card`` + ``@batch`` + ``@torchrun`` with ``num_parallel=2``. Metaflow builds and registers the
 multi-node job definition, uploads the code package to S3 and submits the job for
 real; ``rehearsal.batch_standin`` answers the Batch API and runs each node's
 container command, exactly as the job gives it, as a pod of the rehearsal cluster.
@@ -34,6 +34,7 @@ from typing import Iterator, List, Optional
 
 import pytest
 
+from harness.cards import find_card, rank_row
 from harness.netns_hosts import unavailable_reason
 from rehearsal.batch_standin import QUEUE, job_records
 from rehearsal.cluster import Cluster
@@ -92,9 +93,15 @@ def test_two_nodes_with_a_metadata_service(clean_cluster: Cluster) -> None:
     """
     started_ms = int(time.time() * 1000)
     with clean_cluster.metadata_service() as url:
-        run = clean_cluster.run_flow(FLOW, timeout=FLOW_TIMEOUT, env={
-            **BATCH_ENV, "METAFLOW_DEFAULT_METADATA": "service", "METAFLOW_SERVICE_URL": url})
+        metadata = {"METAFLOW_DEFAULT_METADATA": "service", "METAFLOW_SERVICE_URL": url}
+        run = clean_cluster.run_flow(FLOW, timeout=FLOW_TIMEOUT, env={**BATCH_ENV, **metadata})
+        cards = clean_cluster.read_cards("RemoteBatchFlow/latest/train", metadata)
     assert run.returncode == 0, run.output[-6000:]
+    # Node 0's card, made in its Batch container and saved to S3, shows both nodes' ranks.
+    card = find_card(cards, "| 0 | 0 | 0 |")
+    for rank in (0, 1):
+        assert rank_row(rank, 0, rank, "done") + " 0 |" in card, card
+    assert "**Job succeeded**" in card, card
     assert "JOIN nodes=[0, 1]" in run.task_lines("join"), run.output[-3000:]
 
     (job,) = _jobs_since(clean_cluster, started_ms)

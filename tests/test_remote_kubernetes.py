@@ -21,11 +21,11 @@ import subprocess
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, Sequence
+from typing import Dict, Iterator
 
 import pytest
 
-from harness.cards import find_card, parse_texts, rank_row, reader_command
+from harness.cards import find_card, rank_row
 from harness.flow_runs import FlowRun
 from harness.netns_hosts import unavailable_reason
 from rehearsal.cluster import Cluster
@@ -39,6 +39,7 @@ pytestmark = [
     pytest.mark.skipif(REASON is not None, reason=f"no test hosts: {REASON}"),
 ]
 LATE_CONTROL_SECONDS = 4
+TRAIN_TASKS = "RemoteTrainingFlow/latest/train"
 WORKER_LINE = re.compile(r"WORKER rank=(\d+) world=(\d+) local_world=(\d+) master_port=(\d+) "
                          r"host=(\S+) sum=(\S+)")
 
@@ -75,18 +76,6 @@ def removed_after(path: Path) -> Iterator[Path]:
         yield path
     finally:
         path.unlink(missing_ok=True)
-
-
-def read_cards(cluster: Cluster, env: Dict[str, str], want: Sequence[str] = (),
-               timeout: float = 0) -> Dict[str, str]:
-    """``{pathspec: Markdown}`` of the cards of the train tasks of RemoteTrainingFlow's latest
-    run, read on the laptop with Metaflow's client (``env`` over the cluster's: the run's
-    metadata), once one holds every text of ``want`` (or at ``timeout``)."""
-    reader = cluster.run_on_laptop(
-        reader_command(["RemoteTrainingFlow/latest/train"], want, timeout), env=env,
-        timeout=timeout + 60)
-    assert reader.returncode == 0, reader.stderr[-3000:]
-    return parse_texts(reader.stdout)
 
 
 def test_the_pod_environment_lacks_metaflow_torchrun(pod_python_env):
@@ -187,7 +176,7 @@ def test_card_is_live_on_the_pods_and_kept_on_failure(clean_cluster):
 
     def watch_then_release() -> None:
         try:
-            seen["texts"] = read_cards(clean_cluster, metadata, want=running, timeout=90)
+            seen["texts"] = clean_cluster.read_cards(TRAIN_TASKS, metadata, want=running, timeout=90)
         finally:
             release.touch()  # the ranks wait for it
 
@@ -205,7 +194,7 @@ def test_card_is_live_on_the_pods_and_kept_on_failure(clean_cluster):
         # bound of how late the live view is.
         ran = re.findall(r"\| ▶ running \| [^|]* \| ([0-9.]+) s \|", live)
         print(f"LIVE CARD: both ranks seen running on the laptop, at wall times {ran} s")
-        final = find_card(read_cards(clean_cluster, metadata), "| 0 | 0 | 0 |")
+        final = find_card(clean_cluster.read_cards(TRAIN_TASKS, metadata), "| 0 | 0 | 0 |")
     assert rank_row(1, 0, 1, "failed") + " 1 |" in final, final
     # Rank 0 failed too (gloo: connection closed by peer), or was stopped by its agent.
     assert re.search(r"\| 0 \| 0 \| 0 \| (✖ failed|■ stopped) \|", final), final

@@ -1,8 +1,8 @@
-"""A @torchrun step on AWS Batch: 2 nodes of one multi-node job run an all_reduce.
+"""A @torchrun step on AWS Batch, with a card: 2 nodes of one multi-node job run an all_reduce.
 
 Run by tests/test_remote_batch.py through the rehearsal's Batch stand-in.
 """
-from metaflow import FlowSpec, batch, current, step, torchrun
+from metaflow import FlowSpec, batch, card, current, step, torchrun
 
 
 class RemoteBatchFlow(FlowSpec):
@@ -10,6 +10,7 @@ class RemoteBatchFlow(FlowSpec):
     def start(self):
         self.next(self.train, num_parallel=2)
 
+    @card
     @batch(cpu=1, memory=2048)
     # A node that never comes fails the run within the test's time, not after 600 s.
     @torchrun(all_nodes_started_timeout=120)
