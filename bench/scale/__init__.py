@@ -29,7 +29,7 @@ process has only the frozen heap):
   forced switches cost more than the nodes' work. The processes of simulated
   nodes set a switch interval of 1 s; their threads block within
   microseconds anyway. (1024 nodes: first round 1.9-2.4 s with the default
-  5 ms, 1.2-1.3 s with 1 s.)
+  5 ms, 1.2-1.4 s with 1 s.)
 - **torch's heap, inherited by fork**: 128 nodes' allocations in one process
   made Python's full collections frequent, each walking every object torch
   created and copying its pages (copy-on-write); the parent freezes its
@@ -55,7 +55,8 @@ restarts, fails or falls silent:
 - **first round**: from the instant every process is told to join (node 0's
   first) until the last ``next_rendezvous()`` returned; each node opens its
   connections inside it, so on two cores it is bounded by the simulated
-  nodes' own CPU, not by node 0.
+  nodes' own CPU, not by node 0. Next to it, the CPU each process spent
+  meanwhile (``/proc``): node 0's, and the others' per simulated node.
 - **restart round**: from the last node's call of ``next_rendezvous()`` for a
   new round until every node returned from it (the others follow through
   ``num_nodes_waiting()``).
@@ -66,10 +67,10 @@ restarts, fails or falls silent:
   stopped with SIGSTOP, and the time runs until node 0's agent loop got
   ``JobFailedError`` naming it (compare with ``--heartbeat-timeout``).
 
-``c10d`` runs the round, idle and restart parts (``--c10d-nodes``), its nodes
-real handlers as well: it does not
-pass failures on to the other nodes, and its keep-alive timeout is no
-failure detector to compare. ``report`` prints one row per backend and node
-count, with ratios over metaflow at the same count, and the load average
-before and after each row (other programs share the two cores).
+``c10d`` (``--c10d-nodes``, its nodes real handlers with their own threads)
+runs the round, idle and restart parts: it does not pass failures on to the
+other nodes, and its keep-alive timeout is no failure detector to compare.
+``report`` prints one row per backend and node count, with ratios over
+metaflow's threaded nodes at the same count, and the load average before and
+after each row (other programs share the two cores).
 """
