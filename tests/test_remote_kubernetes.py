@@ -19,9 +19,10 @@ import json
 import re
 import subprocess
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Any, Dict, Iterator
 
 import pytest
 
@@ -171,12 +172,13 @@ def test_card_is_live_on_the_pods_and_kept_on_failure(clean_cluster):
     # Pods have a /tmp of their own; /dev/shm is the machine's.
     release = Path("/dev/shm") / f"{clean_cluster.marker}-release"
     running = [rank_row(rank, 0, rank, "running") for rank in (0, 1)]
-    seen: Dict[str, Dict[str, str]] = {}
+    seen: Dict[str, Any] = {}
     metadata: Dict[str, str] = {}
 
     def watch_then_release() -> None:
         try:
             seen["texts"] = clean_cluster.read_cards(TRAIN_TASKS, metadata, want=running, timeout=90)
+            seen["at"] = time.time()
         finally:
             release.touch()  # the ranks wait for it
 
@@ -190,10 +192,13 @@ def test_card_is_live_on_the_pods_and_kept_on_failure(clean_cluster):
         assert run.returncode != 0, run.output[-6000:]
         live = find_card(seen["texts"], *running)
         assert "**Job running**" in live, live
-        # The card's wall time of a rank, when the laptop first saw it running: an upper
-        # bound of how late the live view is.
-        ran = re.findall(r"\| ▶ running \| [^|]* \| ([0-9.]+) s \|", live)
-        print(f"LIVE CARD: both ranks seen running on the laptop, at wall times {ran} s")
+        # How late the live view is: from the later rank's start (its worker's line) to the
+        # laptop's client holding a card that shows both running.
+        waiting = re.findall(r"WAITING rank=\d at=([0-9.]+)",
+                             "\n".join(jobset_logs(clean_cluster, run).values()))
+        assert len(waiting) == 2, waiting
+        print(f"LIVE CARD: both ranks seen running on the laptop "
+              f"{seen['at'] - max(map(float, waiting)):.1f} s after the later one started")
         final = find_card(clean_cluster.read_cards(TRAIN_TASKS, metadata), "| 0 | 0 | 0 |")
     assert rank_row(1, 0, 1, "failed") + " 1 |" in final, final
     # Rank 0 failed too (gloo: connection closed by peer), or was stopped by its agent.

@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
 # Metaflow's own default of @card(refresh_interval=...).
 _DEFAULT_REFRESH_SECONDS = 5.0
+# How long a change of state waits for the changes that come with it (see _tick).
+_SETTLE_SECONDS = 0.75
 _STATE_COLORS = {
     STARTING: "#b0b7c3",
     RUNNING: "#3b82f6",
@@ -92,6 +94,7 @@ class JobCard:
         self._last_refresh = 0.0
         self._refreshed_version = -1
         self._rendered_states: Tuple[Any, ...] = ()
+        self._unrendered_since: Optional[float] = None  # when a change of state was first seen
         snapshot = state.snapshot()
         now = time.time()
         self._layout = Markdown(_layout(snapshot))
@@ -190,15 +193,29 @@ class JobCard:
             if self._exchange is None:
                 self._exchange = self._exchange_factory()
             self._exchange.step()
+        now = time.monotonic()
         if (self.state.version == self._refreshed_version
-                or time.monotonic() - self._last_refresh < self._refresh_seconds
+                or now - self._last_refresh < self._refresh_seconds
                 or _card_process_running(self._card_uuid)):
             return
+        if _render_key(self.state.snapshot()) != self._rendered_states:
+            # The ranks of all nodes start (and stop) within a moment of each
+            # other, but reach this thread a tick or a relay hop apart. Each
+            # forced render after the first holds this thread for two of
+            # Metaflow's card processes (it runs a data refresh right after,
+            # synchronously): seconds on a busy pod, during which no other
+            # change can show. So a change is rendered _SETTLE_SECONDS after it
+            # was seen, with whatever came with it.
+            if self._unrendered_since is None:
+                self._unrendered_since = now
+            if now - self._unrendered_since < _SETTLE_SECONDS:
+                return
         states = self._update(time.time())
         # A changed state re-renders the card (what Metaflow's client fetches);
         # new lines alone only update the live view.
         self._card.refresh(force=states != self._rendered_states)
         self._rendered_states = states
+        self._unrendered_since = None
         self._last_refresh = time.monotonic()
 
     def _update(self, now: float) -> Tuple[Any, ...]:
@@ -211,8 +228,13 @@ class JobCard:
         self._root_cause.update(_root_cause(snapshot))
         self._timeline.update(_timeline(snapshot, now))
         self._output.update(_last_lines(snapshot))
-        return (snapshot.store_endpoint, snapshot.failure is not None,
-                tuple((rank.rank, rank.state, rank.restarts) for rank in snapshot.ranks))
+        return _render_key(snapshot)
+
+
+def _render_key(snapshot: Snapshot) -> Tuple[Any, ...]:
+    """What a re-render of the card depends on: a change of it is a change of state."""
+    return (snapshot.store_endpoint, snapshot.failure is not None,
+            tuple((rank.rank, rank.state, rank.restarts) for rank in snapshot.ranks))
 
 
 def _editable_card() -> Tuple[Optional[Any], str, float]:

@@ -173,6 +173,10 @@ class StoreRelay:
 
 def main(argv: List[str]) -> None:
     host, port, run_id, num_nodes, node_index, lines_seconds = argv
+    # torch takes seconds to import: now, while the agent and the workers start,
+    # not at the first connection, once the store listens, which would hold the
+    # other nodes' first states off node 0's card for as long.
+    import torch.distributed  # noqa: F401
     relay = StoreRelay(host, int(port), run_id, int(num_nodes), int(node_index),
                        float(lines_seconds))
     stdin = sys.stdin.buffer

@@ -14,6 +14,8 @@ parser.add_argument("--fail-rank", type=int, default=-1)
 parser.add_argument("--release-file", default="")
 args = parser.parse_args()
 
+if args.release_file:
+    print(f"WAITING rank={os.environ['RANK']} at={time.time():.3f}", flush=True)
 deadline = time.monotonic() + 120
 while args.release_file and not os.path.exists(args.release_file) and time.monotonic() < deadline:
     time.sleep(0.1)
