@@ -122,7 +122,7 @@ FAULTS: Dict[str, tuple] = {
 
 
 # Flow faults: each takes a FlowRunner and returns {what was timed: seconds}.
-FLOW_GONE_TIMEOUT = 180.0
+FLOW_GONE_TIMEOUT = 60.0
 
 
 def idle_flow(runner: FlowRunner) -> RunningFlow:
@@ -136,7 +136,10 @@ def idle_flow(runner: FlowRunner) -> RunningFlow:
 def until_none_left(runner: FlowRunner, fault: float) -> float:
     gone = runner.wait_until_none_left(FLOW_GONE_TIMEOUT)
     if gone is None:
-        raise RuntimeError(f"processes of the run still live {FLOW_GONE_TIMEOUT:g} s after the fault")
+        left = "\n".join(f"  {pid}: {b' '.join(argv)[:300].decode(errors='replace')}"
+                         for pid, argv in runner.command_lines().items())
+        raise RuntimeError(
+            f"processes of the run still live {FLOW_GONE_TIMEOUT:g} s after the fault:\n{left}")
     return gone - fault
 
 
