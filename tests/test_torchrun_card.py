@@ -31,6 +31,10 @@ from metaflow_extensions.torchrun.plugins.command import plan_launch, parse_torc
 from metaflow_extensions.torchrun.plugins.program import Entrypoint
 
 
+# card_job.py's @card(refresh_interval=2): the lines interval of its status relay.
+CARD_LINES_SECONDS = 2.0
+
+
 def card_env(flows) -> dict:
     # Metaflow's local card store is ./.metaflow/mf.cards of the working directory (the
     # runner's root), while its client reads cards below the run's datastore root: a datastore
@@ -76,6 +80,11 @@ def test_card_is_live_while_ranks_run_then_shows_every_rank_done(flows):
     # bound of how late the live view is.
     print("LIVE CARD: all ranks seen running at wall times",
           re.findall(r"\| ▶ running \| [^|]* \| ([0-9.]+) s \|", live))
+    # Lines alone travel once per lines interval: node 1 writes them at most that often
+    # and node 0 looks for them as often (status_relay.StoreRelay). Two intervals after
+    # all ranks ran, node 1's first lines are on node 0 whatever the phase; one more for
+    # the relays' and the card's ticks on a loaded machine.
+    time.sleep(3 * CARD_LINES_SECONDS)
     release.touch()  # the ranks wait for it
 
     run = running.finish(timeout=120)
