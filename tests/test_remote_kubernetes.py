@@ -10,9 +10,9 @@ this cannot show). One run per case family, to keep the time down:
   ``@kubernetes(gpu=2, port=P)``: two processes per node, the store on P;
 - two nodes x one process with the control pod starting late: the join sees both
   nodes, and ``rendezvous`` comes from the code package;
-- a rank raising on the worker pod fails the run, naming the rank;
-- with a metadata service, node 0's card, refreshed on its pod and read from S3 on the
-  laptop, shows both ranks running while they wait, then the failed rank and its error.
+- with a metadata service and a card, a rank raising on the worker pod: node 0's card,
+  refreshed on its pod and read from S3 on the laptop, shows both ranks running while
+  they wait; then the run fails, naming the rank, and the card names it too.
 """
 
 import json
@@ -146,24 +146,10 @@ def test_control_pod_starting_late(clean_cluster):
     assert started["control"] - started["worker"] >= LATE_CONTROL_SECONDS - 0.5, started
 
 
-def test_rank_raising_on_a_worker_pod(clean_cluster):
-    run = clean_cluster.run_flow("remote_training.py", "--fail_rank", "1")
-    assert run.returncode != 0, run.output[-6000:]
-    assert not run.task_lines("join")
-    # The control pod fails by itself, naming the rank that raised on the other pod and its
-    # error; the user sees that in the run's output.
-    control = next(text for name, text in jobset_logs(clean_cluster, run).items()
-                   if "-control-" in name)
-    assert re.search(r"global rank 1 \(local rank 0\) exited with code 1: "
-                     r"RuntimeError: rank 1 failed on purpose", control), control
-    assert "step train[0]" in control and "failed" in control, control
-    train = "\n".join(run.task_lines("train"))
-    assert "global rank 1" in train and "RuntimeError: rank 1 failed on purpose" in train, train
-
-
-def test_card_is_live_on_the_pods_and_kept_on_failure(clean_cluster):
+def test_rank_raising_on_a_worker_pod_with_a_live_card(clean_cluster):
     """Node 0's card, refreshed on its pod, reaches the laptop through S3 while the ranks
-    wait; once rank 1 (the other pod) raised, the failed task's card names it and its error.
+    wait; then rank 1 (the other pod) raises: the run fails, the control pod names the
+    rank and its error by itself, and the failed task's card names them too.
 
     With a metadata service: the laptop's client finds a running task through it. Without
     one, Metaflow 2.19.39's card subprocess on a pod cannot find its own task ("Task ...
@@ -190,6 +176,16 @@ def test_card_is_live_on_the_pods_and_kept_on_failure(clean_cluster):
                                      "--fail_rank", "1", env=metadata)
         watcher.join(timeout=60)
         assert run.returncode != 0, run.output[-6000:]
+        assert not run.task_lines("join")
+        # The control pod fails by itself, naming the rank that raised on the other pod
+        # and its error; the user sees that in the run's output.
+        control = next(text for name, text in jobset_logs(clean_cluster, run).items()
+                       if "-control-" in name)
+        assert re.search(r"global rank 1 \(local rank 0\) exited with code 1: "
+                         r"RuntimeError: rank 1 failed on purpose", control), control
+        assert "step train[0]" in control and "failed" in control, control
+        train = "\n".join(run.task_lines("train"))
+        assert "global rank 1" in train and "RuntimeError: rank 1 failed on purpose" in train
         live = find_card(seen["texts"], *running)
         assert "**Job running**" in live, live
         # How late the live view is: from the later rank's start (its worker's line) to the
