@@ -120,7 +120,7 @@ def test_restart_after_another_node_finished_fails_at_once(tmp_path):
 # join_timeout leaves room for a slow start of node 2 on a busy machine: if node 0
 # timed out before node 2 connected, node 2 would rightly report node 0 instead.
 def test_node_that_never_arrives_is_named(tmp_path):
-    with Job(tmp_path, 3, "allreduce.py", launcher="module", rdzv_conf={"join_timeout": 10}) as job:
+    with Job(tmp_path, 3, "allreduce.py", launcher="module", rdzv_conf={"join_timeout": 5}) as job:
         job.start([0, 2])
         codes = job.wait(timeout=60)
         assert codes == {0: 1, 2: 1}
