@@ -167,7 +167,7 @@ class JobCard:
         with _interrupts_deferred(deliver=failure is None):
             self.stop()  # from here on, only this thread touches the card
             self.state.finish(returncode, failure)
-            self._update(time.time())
+            self._update(self.state.snapshot(), time.time())
             if failure is not None:
                 # Metaflow renders a card at the end of a task only when the
                 # task succeeded: the error is on the card only if we render
@@ -198,7 +198,8 @@ class JobCard:
                 or now - self._last_refresh < self._refresh_seconds
                 or _card_process_running(self._card_uuid)):
             return
-        if _render_key(self.state.snapshot()) != self._rendered_states:
+        snapshot = self.state.snapshot()
+        if _render_key(snapshot) != self._rendered_states:
             # The ranks of all nodes start (and stop) within a moment of each
             # other, but reach this thread a tick or a relay hop apart. Each
             # forced render after the first holds this thread for two of
@@ -210,7 +211,7 @@ class JobCard:
                 self._unrendered_since = now
             if now - self._unrendered_since < _SETTLE_SECONDS:
                 return
-        states = self._update(time.time())
+        states = self._update(snapshot, time.time())
         # A changed state re-renders the card (what Metaflow's client fetches);
         # new lines alone only update the live view.
         self._card.refresh(force=states != self._rendered_states)
@@ -218,9 +219,8 @@ class JobCard:
         self._unrendered_since = None
         self._last_refresh = time.monotonic()
 
-    def _update(self, now: float) -> Tuple[Any, ...]:
-        """Put the state into the components; return what a re-render depends on."""
-        snapshot = self.state.snapshot()
+    def _update(self, snapshot: Snapshot, now: float) -> Tuple[Any, ...]:
+        """Put ``snapshot`` into the components; return what a re-render depends on."""
         self._refreshed_version = snapshot.version
         self._layout.update(_layout(snapshot))
         self._summary.update(_summary(snapshot, now))
