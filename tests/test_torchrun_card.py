@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List
 
 import metaflow  # noqa: F401 - first: the extension's modules import it, and it imports them
-from harness.cards import parse_texts, rank_row as row, reader_command
+from harness.cards import rank_row as row, read_cards
 from harness.flow_runs import RunningFlow
 
 from metaflow_extensions.torchrun.plugins.job_card import _cell, _inline, _rank_table, _timeline
@@ -45,12 +45,11 @@ def card_env(flows) -> dict:
 def card_texts(flows, *pathspecs: str, want: List[str] = (), timeout: float = 0) -> List[str]:
     """The Markdown of each task's cards, once one's holds every text of ``want``
     (or at ``timeout``); one reader process for all, since each imports Metaflow."""
-    reader = subprocess.run(
-        reader_command(pathspecs, want, timeout), env={**flows.env, **card_env(flows)},
-        cwd=flows.root, capture_output=True, text=True, timeout=timeout + 60,
-    )
-    assert reader.returncode == 0, reader.stderr[-3000:]
-    texts = parse_texts(reader.stdout)
+    def run(argv: List[str], limit: float) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, env={**flows.env, **card_env(flows)}, cwd=flows.root,
+                              capture_output=True, text=True, timeout=limit)
+
+    texts = read_cards(run, pathspecs, want, timeout)
     return [texts[pathspec] for pathspec in pathspecs]
 
 

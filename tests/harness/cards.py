@@ -1,13 +1,14 @@
 """Reading the cards of a run's tasks with Metaflow's own client (``metaflow.cards.get_cards``).
 
-The client runs in a process of its own (``reader_command``), with the flow's
+The client runs in a process of its own (``read_cards``), with the flow's
 environment, so that it finds the run's metadata and datastore as a user's
 ``get_cards`` would: on the local datastore, or on S3 from the rehearsal's laptop.
 """
 
 import json
+import subprocess
 import sys
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence
 
 # Prints, as a JSON object {pathspec: Markdown}, the Markdown of the cards of each target
 # (argv[3:]: a task's pathspec, or "Flow/latest/step" for every task of the step in the
@@ -57,18 +58,19 @@ while True:
 """
 
 
-def reader_command(targets: Sequence[str], want: Sequence[str] = (), timeout: float = 0) -> List[str]:
-    """The command that prints ``{pathspec: Markdown}`` for ``targets``, as JSON.
+def read_cards(run: Callable[[List[str], float], "subprocess.CompletedProcess[str]"],
+               targets: Sequence[str], want: Sequence[str] = (),
+               timeout: float = 0) -> Dict[str, str]:
+    """``{pathspec: Markdown}`` of the cards of ``targets``, once one task's cards hold
+    every text of ``want`` (or after ``timeout`` seconds).
 
-    It returns once one task's cards hold every text of ``want``, or after
-    ``timeout`` seconds; run it with the flow's environment (``parse_texts`` reads
-    its output).
+    ``run(argv, timeout)`` runs the reader with the flow's environment, where
+    Metaflow's client finds the run, and returns its completed process.
     """
-    return [sys.executable, "-c", _READER, str(timeout), json.dumps(list(want)), *targets]
-
-
-def parse_texts(stdout: str) -> Dict[str, str]:
-    return json.loads(stdout)
+    reader = run([sys.executable, "-c", _READER, str(timeout), json.dumps(list(want)),
+                  *targets], timeout + 60)
+    assert reader.returncode == 0, reader.stderr[-3000:]
+    return json.loads(reader.stdout)
 
 
 def find_card(texts: Dict[str, str], *want: str) -> str:

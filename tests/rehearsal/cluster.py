@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
-from harness.cards import parse_texts, reader_command
+from harness.cards import read_cards
 from harness.flow_runs import FLOWS, FlowRun, run_to_end
 from harness.netns_hosts import TestHosts
 from harness.processes import MARKER_VAR, is_alive, kill_processes, processes_with_marker
@@ -495,10 +495,8 @@ class Cluster:
         ``Flow/latest/step``), read on the laptop with Metaflow's client (``env`` over
         the cluster's: the run's metadata), once one holds every text of ``want`` (or at
         ``timeout``); see ``harness.cards``."""
-        reader = self.run_on_laptop(reader_command([target], want, timeout), env=env,
-                                    timeout=timeout + 60)
-        assert reader.returncode == 0, reader.stderr[-3000:]
-        return parse_texts(reader.stdout)
+        return read_cards(lambda argv, limit: self.run_on_laptop(argv, limit, env),
+                          [target], want, timeout)
 
     def pod_logs(self) -> Dict[str, str]:
         """``{pod name: its output}`` of every pod started so far."""
