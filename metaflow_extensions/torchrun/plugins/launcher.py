@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional
 
 from rendezvous.outcome import OUTCOME_FILE_VAR, read_outcome
 from rendezvous.topology import Topology, read_topology
@@ -30,6 +30,7 @@ from .log_pump import LogPump
 from .program import (
     FUNCTION,
     ArgsSpec,
+    Entrypoint,
     EntrypointSpec,
     entrypoint_argv,
     function_call,
@@ -100,6 +101,23 @@ def refuse_removed_options(given: Mapping[str, object]) -> None:
                 f"{name} is not supported: the original metaflow-torchrun accepted it but "
                 f"never used it. Instead, {instead}."
             )
+
+
+def _program_args(entry: Entrypoint, entrypoint_args: ArgsSpec, scratch: str,
+                  returned_dir: str) -> List[str]:
+    """What the bootstrap passes on to the program: a script's argv; for a
+    function, the file in ``scratch`` its pickled arguments go to and the
+    directory its return values come back in.
+
+    Raises:
+        TorchrunArgumentError: the arguments do not fit the entry point.
+    """
+    if entry.kind != FUNCTION:
+        return entrypoint_argv(entrypoint_args)
+    call_file = os.path.join(scratch, "call.pickle")
+    with open(call_file, "wb") as call:
+        call.write(function_call(entrypoint_args))
+    return [call_file, returned_dir]
 
 
 class TorchrunLauncher:
@@ -194,10 +212,6 @@ class TorchrunLauncher:
         })
         flags = parse_torchrun_args(torchrun_args)
         entry = resolve_entrypoint(entrypoint, module, self._flow_dir)
-        if entry.kind == FUNCTION:
-            program: Union[bytes, List[str]] = function_call(entrypoint_args)
-        else:
-            program = entrypoint_argv(entrypoint_args)
         nproc = resolve_nproc_per_node(
             nproc_per_node,
             flags.nproc_per_node,
@@ -205,20 +219,12 @@ class TorchrunLauncher:
             self._settings.requested_gpus,
         )
         topology = self._topology or _read_topology()
-        self._calls += 1
-        rdzv_id = self._task.rendezvous_id(topology.control_task_id, self._calls)
-        port = self._settings.master_port
         with tempfile.TemporaryDirectory(prefix="torchrun-agent-") as scratch:
             returned_dir = os.path.join(scratch, "returned")
-            if isinstance(program, bytes):
-                # The function's arguments go to the workers in a file; their
-                # return values come back in a directory beside it.
-                call_file = os.path.join(scratch, "call.pickle")
-                with open(call_file, "wb") as call:
-                    call.write(program)
-                program_args = [call_file, returned_dir]
-            else:
-                program_args = program
+            program_args = _program_args(entry, entrypoint_args, scratch, returned_dir)
+            self._calls += 1
+            rdzv_id = self._task.rendezvous_id(topology.control_task_id, self._calls)
+            port = self._settings.master_port
             plan = plan_launch(
                 python=sys.executable,
                 num_nodes=topology.num_nodes,

@@ -241,9 +241,14 @@ def end_process_groups() -> None:
             f"{_DESTROY_TIMEOUT_SECONDS:g} s; exiting without waiting (the program succeeded)",
             file=sys.stderr,
         )
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        _exit_zero_now()
+
+
+def _exit_zero_now() -> NoReturn:
+    """Flush what the worker printed and exit with code 0, skipping the teardown."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def exit_after_success() -> NoReturn:
@@ -260,9 +265,7 @@ def exit_after_success() -> NoReturn:
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join()
     atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    _exit_zero_now()
 
 
 def main(argv: List[str]) -> None:
