@@ -33,7 +33,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     from torch.distributed.run import main as torchrun_main
 
     from . import register
-    from .errors import MetaflowRendezvousError
+    from .errors import JobFailedError, MetaflowRendezvousError
     from .outcome import report
 
     register()
@@ -57,7 +57,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             # This node's workers failed too, but after another node's: show
             # their table, then the root cause last, where readers look.
             print(error.__context__.format_msg(), file=sys.stderr)
-        report(f"{type(error).__name__}: {error}")
+        tail = error.traceback_tail if isinstance(error, JobFailedError) else ""
+        report(f"{type(error).__name__}: {error}", tail)
         _exit(1)
     except ChildFailedError as error:
         # The table torchrun shows as the end of a traceback, without the traceback.

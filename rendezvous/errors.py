@@ -70,9 +70,12 @@ def restart_after_finish_reason(round_: int, finished: "list[int]") -> str:
 class JobFailedError(MetaflowRendezvousError, RendezvousClosedError):
     """Another node of the job failed, so this node stops too.
 
-    ``node_index`` is the node that failed first (``None`` when unknown).
+    ``node_index`` is the node that failed first (``None`` when unknown);
+    ``traceback_tail`` the end of its failing rank's traceback, as that node
+    recorded it ("" when it had none).
     """
 
-    def __init__(self, message: str, node_index: "int | None" = None):
+    def __init__(self, message: str, node_index: "int | None" = None, traceback_tail: str = ""):
         super().__init__(message)
         self.node_index = node_index
+        self.traceback_tail = traceback_tail

@@ -1,10 +1,13 @@
 """Failure records: what a node writes to the ``failures`` key, and which one is the root cause.
 
-A record is one line ``<node index>\\t<kind>\\t<reason>``, written by
-``FailureRecord.encode`` and read back by ``parse_failures``; the reason is
-kept on one line.
+A record is one line ``<node index>\\t<kind>\\t<reason>[\\t<traceback tail>]``,
+written by ``FailureRecord.encode`` and read back by ``parse_failures``; the
+reason is kept on one line, and the end of the failing rank's traceback, when
+its error file has one, is a JSON string (no newline or tab in it). The tail
+lets every node show the traceback of a rank that failed on another node.
 """
 
+import json
 import math
 import os
 from enum import Enum
@@ -40,29 +43,46 @@ _PEER_LOST_MARKERS = (
 )
 
 
+# How much of a failing rank's traceback a record carries: its last lines, at
+# most this many characters in all (every node reads the records at a failure).
+TRACEBACK_TAIL_LINES = 20
+_TRACEBACK_TAIL_CHARS = 4000
+
+
 class FailureRecord(NamedTuple):
     """One record of the ``failures`` key: which node failed, how, and why."""
 
     node: str
     kind: FailureKind
     reason: str
+    traceback_tail: str = ""
 
     def encode(self) -> str:
         """The record's line, newline included; whitespace in the reason collapses to spaces."""
-        return f"{self.node}\t{self.kind.value}\t{' '.join(self.reason.split())}\n"
+        line = f"{self.node}\t{self.kind.value}\t{' '.join(self.reason.split())}"
+        if self.traceback_tail:
+            line += "\t" + json.dumps(self.traceback_tail[-_TRACEBACK_TAIL_CHARS:])
+        return line + "\n"
 
 
 def parse_failures(raw: bytes) -> List[FailureRecord]:
     """The records of a ``failures`` value, in the order they were written.
 
     A kind this version does not know counts as ``PEER_LOST``: such a record
-    is the root cause only when no node recorded an ``OWN`` failure.
+    is the root cause only when no node recorded an ``OWN`` failure. A
+    traceback tail that does not parse is left out.
     """
     records = []
     for line in raw.decode("utf-8", errors="replace").splitlines():
-        node, _, rest = line.partition("\t")
-        kind, _, reason = rest.partition("\t")
-        records.append(FailureRecord(node, OWN if kind == OWN.value else PEER_LOST, reason))
+        node, kind, reason, encoded_tail = (line.split("\t", 3) + ["", "", ""])[:4]
+        try:
+            tail = json.loads(encoded_tail) if encoded_tail else ""
+        except ValueError:
+            tail = ""
+        records.append(FailureRecord(
+            node, OWN if kind == OWN.value else PEER_LOST, reason,
+            tail if isinstance(tail, str) else "",
+        ))
     return records
 
 
@@ -75,10 +95,12 @@ def root_cause(records: List[FailureRecord]) -> Optional[JobFailedError]:
     """
     if not records:
         return None
-    node, _, reason = next((record for record in records if record.kind == OWN), records[0])
+    node, _, reason, tail = next((record for record in records if record.kind == OWN), records[0])
     who = "the control node (node 0)" if node == "0" else f"node {node}"
     return JobFailedError(
-        f"{who} failed first: {reason}", node_index=int(node) if node.isdigit() else None
+        f"{who} failed first: {reason}",
+        node_index=int(node) if node.isdigit() else None,
+        traceback_tail=tail,
     )
 
 
@@ -96,22 +118,32 @@ def _failure_time(failure: ProcessFailure) -> Tuple[int, float]:
     return failure.timestamp, written
 
 
+def _first_failure(error: ChildFailedError) -> Tuple[int, ProcessFailure]:
+    """The global rank that failed first, and its failure."""
+    # torch's get_first_failure compares whole-second timestamps, and a
+    # rank's failure makes its peers fail within the same second: the time
+    # each error file was written decides between them.
+    return min(error.failures.items(), key=lambda item: _failure_time(item[1]))
+
+
+def _error_file_message(failure: ProcessFailure) -> object:
+    """What the worker's error file says (a dict in the layout torch's @record writes), else ""."""
+    # Only an error file (a worker wrapped by @record, or our bootstrap)
+    # carries the worker's own words; otherwise torch makes up a generic hint.
+    return failure.message if os.path.isfile(failure.error_file) else ""
+
+
 def describe_failure(error: BaseException) -> Tuple[str, FailureKind]:
     """One line saying how this node's agent failed, and its kind."""
     if not isinstance(error, ChildFailedError):
         return f"{type(error).__name__}: {error}", OWN
-    # torch's get_first_failure compares whole-second timestamps, and a
-    # rank's failure makes its peers fail within the same second: the time
-    # each error file was written decides between them.
-    rank, failure = min(error.failures.items(), key=lambda item: _failure_time(item[1]))
+    rank, failure = _first_failure(error)
     if failure.exitcode < 0:
         how = f"was killed by {failure.signal_name()}"
     else:
         how = f"exited with code {failure.exitcode}"
     text = f"global rank {rank} (local rank {failure.local_rank}) {how}"
-    # Only an error file (a worker wrapped by @record, or our bootstrap)
-    # carries the worker's own words; otherwise torch makes up a generic hint.
-    message = failure.message if os.path.isfile(failure.error_file) else ""
+    message = _error_file_message(failure)
     if isinstance(message, dict):  # the layout torch's @record writes
         message = message.get("message", "")
     lines = str(message).strip().splitlines()
@@ -121,12 +153,24 @@ def describe_failure(error: BaseException) -> Tuple[str, FailureKind]:
     return text, kind
 
 
+def failure_traceback_tail(error: BaseException) -> str:
+    """The end of the traceback of the rank ``describe_failure`` names, or "" without one."""
+    if not isinstance(error, ChildFailedError):
+        return ""
+    message = _error_file_message(_first_failure(error)[1])
+    if not isinstance(message, dict):
+        return ""
+    callstack = str(message.get("extraInfo", {}).get("py_callstack", ""))
+    return "\n".join(callstack.rstrip().splitlines()[-TRACEBACK_TAIL_LINES:])
+
+
 __all__ = [
     "OWN",
     "PEER_LOST",
     "FailureKind",
     "FailureRecord",
     "describe_failure",
+    "failure_traceback_tail",
     "parse_failures",
     "root_cause",
 ]

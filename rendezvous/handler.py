@@ -32,7 +32,7 @@ from .errors import (
     TopologyError,
     restart_after_finish_reason,
 )
-from .failures import OWN, PEER_LOST, FailureKind, describe_failure
+from .failures import OWN, PEER_LOST, FailureKind, describe_failure, failure_traceback_tail
 from .keys import JobKeys
 from .network import socket_ifname_defaults
 from .settings import RendezvousSettings
@@ -170,7 +170,7 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         in_flight = sys.exc_info()[1]
         if in_flight is not None and not isinstance(in_flight, JobFailedError):
             reason, kind = describe_failure(in_flight)
-            self._publish_failure(reason, kind)
+            self._publish_failure(reason, kind, failure_traceback_tail(in_flight))
             if kind == PEER_LOST:
                 self._await_root_cause()
         # Closing reads the failure records again: by now the root cause has
@@ -347,9 +347,9 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         except StoreUnreachableError:
             return  # node 0 is gone: nobody can say more
 
-    def _publish_failure(self, reason: str, kind: FailureKind) -> None:
+    def _publish_failure(self, reason: str, kind: FailureKind, traceback_tail: str = "") -> None:
         if self._watcher is not None:
-            self._watcher.publish_failure(reason, self.node_index, kind)
+            self._watcher.publish_failure(reason, self.node_index, kind, traceback_tail)
 
     # Closing
 

@@ -3,7 +3,8 @@
 When the backend ends the agent (the job or the rendezvous failed, the
 arguments were bad, a signal stopped it), ``report`` prints one last line on
 stderr, ``metaflow rendezvous: <summary>``, and, if the launcher named a file
-in ``OUTCOME_FILE_VAR``, writes the summary there as JSON. The launcher reads
+in ``OUTCOME_FILE_VAR``, writes the summary there as JSON, with the end of the
+failing rank's traceback when another node recorded one. The launcher reads
 it back with ``read_outcome``: no parsing of output. When torchrun's own
 failure table is the last word (this node's workers failed first), nothing is
 written. Standard library only: the launcher imports it without torch.
@@ -12,28 +13,40 @@ written. Standard library only: the launcher imports it without torch.
 import json
 import os
 import sys
-from typing import Optional
+from typing import NamedTuple, Optional
 
 OUTCOME_FILE_VAR = "METAFLOW_RENDEZVOUS_OUTCOME_FILE"
 LINE_PREFIX = "metaflow rendezvous: "
 
 
-def report(summary: str) -> None:
-    """Write ``summary`` to the launcher's outcome file, if it asked for one, then print it."""
+class Outcome(NamedTuple):
+    """Why the agent ended: the summary line, and the failing rank's traceback tail ("" if none)."""
+
+    summary: str
+    traceback_tail: str = ""
+
+
+def report(summary: str, traceback_tail: str = "") -> None:
+    """Write the outcome to the launcher's outcome file, if it asked for one, then print the summary.
+
+    The traceback tail goes to the file only: the failing node's own log
+    shows it, and the launcher puts it in its error.
+    """
     path = os.environ.get(OUTCOME_FILE_VAR)
     if path:
         try:
             with open(path, "w") as outcome_file:
-                json.dump({"summary": summary}, outcome_file)
+                json.dump({"summary": summary, "traceback_tail": traceback_tail}, outcome_file)
         except OSError as error:
             print(f"could not write the outcome file {path}: {error}", file=sys.stderr)
     print(f"{LINE_PREFIX}{summary}", file=sys.stderr)
 
 
-def read_outcome(path: str) -> Optional[str]:
-    """The summary ``report`` wrote to ``path``, or None if it wrote none there."""
+def read_outcome(path: str) -> Optional[Outcome]:
+    """The outcome ``report`` wrote to ``path``, or None if it wrote none there."""
     try:
         with open(path) as outcome_file:
-            return str(json.load(outcome_file)["summary"])
-    except (OSError, ValueError, KeyError, TypeError):
+            written = json.load(outcome_file)
+        return Outcome(str(written["summary"]), str(written.get("traceback_tail") or ""))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

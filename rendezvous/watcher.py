@@ -196,10 +196,11 @@ class Watcher:
         with self._failure_lock:
             self._failure = cause or self._failure
 
-    def publish_failure(self, reason: str, node: int, kind: FailureKind = OWN) -> None:
+    def publish_failure(self, reason: str, node: int, kind: FailureKind = OWN,
+                        traceback_tail: str = "") -> None:
         """Record that ``node`` failed, and why; the job's first record wakes every node. Never raises."""
         keys = self._keys
-        record = FailureRecord(str(node), kind, reason).encode()
+        record = FailureRecord(str(node), kind, reason, traceback_tail).encode()
         num_nodes = self._topology.num_nodes
 
         def record_and_wake(store: Store) -> None:

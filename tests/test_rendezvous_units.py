@@ -12,7 +12,15 @@ from torch.distributed.elastic.rendezvous import RendezvousParameters, rendezvou
 import rendezvous
 from rendezvous.endpoint import DERIVED_PORT_BASE, DERIVED_PORT_SPAN, derive_port, parse_endpoint
 from rendezvous.errors import ConfigError, TopologyError
-from rendezvous.failures import OWN, PEER_LOST, describe_failure, parse_failures, root_cause
+from rendezvous.failures import (
+    OWN,
+    PEER_LOST,
+    FailureRecord,
+    describe_failure,
+    failure_traceback_tail,
+    parse_failures,
+    root_cause,
+)
 from rendezvous.handler import create_handler
 from rendezvous.network import interface_with_address, socket_ifname_defaults
 from rendezvous.settings import RendezvousSettings
@@ -195,6 +203,33 @@ def test_a_failure_saying_a_peer_went_away_is_secondary(tmp_path):
     )
     failure = ProcessFailure(local_rank=0, pid=10, exitcode=1, error_file=str(error_file))
     assert describe_failure(ChildFailedError("train.py", {0: failure}))[1] == PEER_LOST
+
+
+def test_a_record_carries_the_end_of_the_failing_rank_traceback(tmp_path):
+    callstack = "Traceback (most recent call last):\n" + "".join(
+        f'  File "train.py", line {n}, in step\n\tcall()\n' for n in range(30)
+    ) + "ValueError: boom"
+    error_file = tmp_path / "error.json"
+    error_file.write_text(json.dumps({"message": {
+        "message": "ValueError: boom", "extraInfo": {"py_callstack": callstack, "timestamp": "1"}}}))
+    failed = ChildFailedError("train.py", {
+        3: ProcessFailure(local_rank=1, pid=10, exitcode=1, error_file=str(error_file)),
+        2: ProcessFailure(local_rank=0, pid=11, exitcode=-15, error_file="<N/A>"),
+    })
+    tail = failure_traceback_tail(failed)
+    assert tail.splitlines() == callstack.splitlines()[-20:]
+    reason, kind = describe_failure(failed)
+    raw = (FailureRecord("0", PEER_LOST, "lost a peer").encode()
+           + FailureRecord("1", kind, reason, tail).encode()).encode()
+    assert raw.count(b"\n") == 2  # one line per record, whatever the traceback holds
+    assert parse_failures(raw)[1] == FailureRecord("1", OWN, reason, tail)
+    error = root_cause(parse_failures(raw))
+    assert (error.node_index, error.traceback_tail) == (1, tail)
+    # No error file, or a tail that does not parse: the record stands without one.
+    assert failure_traceback_tail(ChildFailedError("x", {2: failed.failures[2]})) == ""
+    assert failure_traceback_tail(KeyError("k")) == ""
+    assert parse_failures(b"1\town\tboom\t{not json\n") == [FailureRecord("1", OWN, "boom")]
+    assert parse_failures(b"1\n") == [FailureRecord("1", PEER_LOST, "")]
 
 
 def test_root_cause_prefers_a_node_own_failure_over_an_earlier_peer_lost_one():

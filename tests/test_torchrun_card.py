@@ -127,6 +127,8 @@ def test_failed_task_keeps_a_card_naming_the_failing_rank_and_its_error(flows):
     assert "### Root cause" in node0
     assert "**global rank 3 on node 1 (local rank 1), exit 1** failed first" in node0
     assert "ValueError: bad batch on rank 3" in node0
+    # Node 1's traceback reaches node 0 with the failure record, whatever its card sent.
+    assert 'raise ValueError(f"bad batch on rank {rank}")' in node0, node0
     node1 = node1.partition("## torchrun job, call 2 of this step")[2]
     assert row(3, 1, 1, FAILED) + " 1 |" in node1, node1
     # The failing node's card has the end of the traceback, from its error file.

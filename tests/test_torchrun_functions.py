@@ -81,6 +81,7 @@ def test_function_entrypoints_on_two_nodes(flows):
     assert "worker_bootstrap" not in raises[1]["traceback"]
     assert "importlib" not in raises[1]["traceback"]
     assert raises[0]["summary"].startswith("JobFailedError: node 1 failed first: global rank 3")
+    assert "in raise_on_rank_three" in raises[0]["traceback"]  # carried by the failure record
 
     # a value that does not pickle fails the run, naming the rank and the type
     unpicklable = got(run, "unpicklable")

@@ -34,7 +34,7 @@ from metaflow_extensions.torchrun.plugins.step_settings import (
     _checked_timeout,
     _requested_gpus,
 )
-from rendezvous.outcome import LINE_PREFIX, OUTCOME_FILE_VAR, read_outcome, report
+from rendezvous.outcome import LINE_PREFIX, OUTCOME_FILE_VAR, Outcome, read_outcome, report
 from rendezvous.topology import Topology, read_topology
 from harness.processes import is_alive
 
@@ -471,7 +471,11 @@ def test_the_agent_outcome_reaches_the_launcher(tmp_path, monkeypatch, capsys):
     assert read_outcome(str(path)) is None
     monkeypatch.setenv(OUTCOME_FILE_VAR, str(path))
     report("JobFailedError: node 1 failed first")
-    assert read_outcome(str(path)) == "JobFailedError: node 1 failed first"
+    assert read_outcome(str(path)) == Outcome("JobFailedError: node 1 failed first", "")
+    assert capsys.readouterr().err == f"{LINE_PREFIX}JobFailedError: node 1 failed first\n"
+    # The failing rank's traceback goes to the launcher, not to the agent's last line.
+    report("JobFailedError: node 1 failed first", "Traceback ...\nValueError: boom")
+    assert read_outcome(str(path)).traceback_tail == "Traceback ...\nValueError: boom"
     assert capsys.readouterr().err == f"{LINE_PREFIX}JobFailedError: node 1 failed first\n"
 
 

@@ -61,7 +61,8 @@ restarts, fails or falls silent:
   new round until every node returned from it (the others follow through
   ``num_nodes_waiting()``).
 - **failure to all stopped**: from the last node's ``shutdown()`` with an
-  error in flight (what torch's agent does when a rank raised) until every
+  error in flight (torch's ``ChildFailedError``, as an agent has when a rank
+  raised; its traceback's end makes a failure record of 2.3 KB) until every
   other node's agent loop got ``JobFailedError``.
 - **silent node failed after**: a second job; the last node's process is
   stopped with SIGSTOP, and the time runs until node 0's agent loop got

@@ -13,17 +13,20 @@ as ``(kind, node, monotonic time)``; the parent and its children share the
 monotonic clock.
 """
 
+import json
 import os
 import queue
 import resource
 import signal
 import sys
+import tempfile
 import threading
 import time
 from multiprocessing.connection import Connection
 from typing import Callable, Dict, List
 
 from metaflow_extensions.torchrun.plugins.worker_bootstrap import die_with_parent
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 from torch.distributed.elastic.rendezvous import RendezvousHandler, RendezvousParameters
 from torch.distributed.elastic.rendezvous.registry import get_rendezvous_handler
 
@@ -36,6 +39,15 @@ from rendezvous.topology import Topology
 
 from bench.store_ports import LOOPBACK
 
+# A failing rank's long traceback: the 20 lines of its end that the failure
+# record carries, and every node reads, are 2.3 KB (a typical one has 1-1.5 KB).
+_FAILING_RANK_TRACEBACK = "Traceback (most recent call last):\n" + "".join(
+    f'  File "/workspace/project/src/training/loops/distributed_loop_{line:02d}.py", '
+    f"line {100 + line}, in step\n"
+    f"    loss = criterion(model(batch.inputs), batch.targets) + sum(regularizer(p) "
+    f"for p in model.parameters()) * weight[{line}] + auxiliary_loss(model, batch)\n"
+    for line in range(1, 24)
+) + "ValueError: bench.scale: a rank raised"
 # What torch's agent polls at while workers are healthy (its monitor_interval).
 MONITOR_INTERVAL = 0.1
 # The GIL's switch interval in processes of simulated nodes (see host_process).
@@ -150,14 +162,27 @@ class _Host:
         self._told[index].put("restart")
 
     def fail(self, index: int) -> None:
-        """Node ``index`` gives up with an error in flight, as torch's agent does when a rank raised."""
+        """Node ``index`` gives up with an error in flight, as torch's agent does when a rank raised.
+
+        The error is torch's ``ChildFailedError`` for a rank whose error file
+        holds a traceback as long as a failure record carries, so every node
+        reads a record of the size a real failure writes.
+        """
         with self._lock:
             self._active.discard(index)
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as error_file:
+            json.dump({"message": {"message": "ValueError: bench.scale: a rank raised",
+                                   "extraInfo": {"py_callstack": _FAILING_RANK_TRACEBACK,
+                                                 "timestamp": str(int(time.time()))}}},
+                      error_file)
+        failure = ProcessFailure(local_rank=0, pid=0, exitcode=1, error_file=error_file.name)
         self.send("failed", index, time.monotonic())
         try:
-            raise RuntimeError("bench.scale: a rank raised")
-        except RuntimeError:
+            raise ChildFailedError("train.py", {index: failure})
+        except ChildFailedError:
             self._handlers[index].shutdown()
+        finally:
+            os.unlink(error_file.name)
 
 
 def host_process(pipe: Connection, backend: str, indices: List[int], num_nodes: int, port: int,

@@ -36,8 +36,9 @@ class TorchrunFailed(TorchrunException):
     Attributes:
         summary: one line naming what failed first (node, global rank, exit
             code or signal, last line of its error).
-        traceback_tail: the end of the failing rank's traceback when it failed
-            on this node, else an empty string.
+        traceback_tail: the end of the failing rank's traceback (as its node's
+            backend recorded it when that was another node), else an empty
+            string.
         log_dir: this node's per-rank log directory.
         returncode: exit code of this node's torchrun agent.
         node_index: the node that failed first when known, else None.

@@ -407,8 +407,9 @@ def _root_cause(snapshot: Snapshot) -> str:
         where.append(f"node {failure.node_index}")
     text = f"### Root cause\n\n**{_cell(', '.join(where) or 'the job')}** failed first:\n\n"
     text += "> " + _inline(failure.summary)
-    # This node's own failing rank comes with its traceback; another node's
-    # comes with the one its node published, if that arrived before the end.
+    # The failure carries the failing rank's traceback: from its error file on
+    # this node, or as its node recorded it with the failure in the store.
+    # Else the one its node's card published, if that arrived before the end.
     tail = failure.traceback_tail or (
         failed.error if failed is not None and failed.error != failure.summary else ""
     )

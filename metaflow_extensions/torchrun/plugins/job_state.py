@@ -313,7 +313,7 @@ class JobState:
                 self._failed_rank, exit_text = _failed_rank(failure.summary)
                 for state in self._ranks.values():
                     if state.rank == self._failed_rank and state.state != FAILED:
-                        state.error = state.error or failure.summary
+                        state.error = state.error or failure.traceback_tail or failure.summary
                         state._end(FAILED, now, exit_text)
                     elif state.state in (STARTING, RUNNING):
                         # Its agent stopped it, or (a rank of another node

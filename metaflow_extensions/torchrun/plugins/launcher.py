@@ -315,11 +315,11 @@ class TorchrunLauncher:
         if returncode != 0 or peer_failure is not None:
             # When we stopped the agent, its last words are about that stop.
             if stopped_for_peer:
-                backend_summary, agent_stderr = None, []
+                backend_outcome, agent_stderr = None, []
             else:
-                backend_summary, agent_stderr = read_outcome(outcome_path), pump.tail(1)
+                backend_outcome, agent_stderr = read_outcome(outcome_path), pump.tail(1)
             failure = post_mortem.failure(
-                plan, topology.node_index, returncode, backend_summary, agent_stderr, peer_failure
+                plan, topology.node_index, returncode, backend_outcome, agent_stderr, peer_failure
             )
             if card is not None:
                 card.finish(returncode, failure)

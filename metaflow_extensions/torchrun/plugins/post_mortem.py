@@ -10,6 +10,8 @@ import glob
 import os
 from typing import List, Optional
 
+from rendezvous.outcome import Outcome
+
 from .command import LaunchPlan
 from .exceptions import TorchrunFailed
 from .local_nodes import NodeFailure
@@ -32,20 +34,22 @@ def failure(
     plan: LaunchPlan,
     node_index: int,
     returncode: int,
-    backend_summary: Optional[str],
+    backend_outcome: Optional[Outcome],
     agent_stderr: List[str],
     peer_failure: Optional[NodeFailure],
 ) -> TorchrunFailed:
     """Say what failed first, from the most specific source at hand.
 
-    The backend's summary names the first failing node and rank; this node's
-    error files hold a local rank's traceback; a local peer that died is named
-    by the local launcher; otherwise the agent's last lines (torchrun's failure
+    The backend's outcome names the first failing node and rank, with the
+    end of its traceback when that node recorded one; this node's error files
+    hold a local rank's traceback; a local peer that died is named by the
+    local launcher; otherwise the agent's last lines (torchrun's failure
     table) say what happened.
     """
-    if backend_summary is not None:  # the rendezvous failed, or another node failed first
+    if backend_outcome is not None:  # the rendezvous failed, or another node failed first
         return TorchrunFailed(
-            backend_summary,
+            backend_outcome.summary,
+            traceback_tail=backend_outcome.traceback_tail,
             log_dir=plan.log_dir,
             returncode=returncode,
             hint="The failing node's own log has its full output.",
