@@ -212,16 +212,17 @@ class TorchrunLauncher:
         })
         flags = parse_torchrun_args(torchrun_args)
         entry = resolve_entrypoint(entrypoint, module, self._flow_dir)
-        nproc = resolve_nproc_per_node(
-            nproc_per_node,
-            flags.nproc_per_node,
-            self._settings.nproc_per_node,
-            self._settings.requested_gpus,
-        )
-        topology = self._topology or _read_topology()
         with tempfile.TemporaryDirectory(prefix="torchrun-agent-") as scratch:
             returned_dir = os.path.join(scratch, "returned")
+            # entrypoint_args before nproc_per_node: of two bad arguments, the first is named.
             program_args = _program_args(entry, entrypoint_args, scratch, returned_dir)
+            nproc = resolve_nproc_per_node(
+                nproc_per_node,
+                flags.nproc_per_node,
+                self._settings.nproc_per_node,
+                self._settings.requested_gpus,
+            )
+            topology = self._topology or _read_topology()
             self._calls += 1
             rdzv_id = self._task.rendezvous_id(topology.control_task_id, self._calls)
             port = self._settings.master_port
