@@ -16,6 +16,7 @@ from typing import List, NamedTuple, Optional, Tuple
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 from .errors import JobFailedError
+from .outcome import traceback_tail
 
 
 class FailureKind(str, Enum):
@@ -43,9 +44,9 @@ _PEER_LOST_MARKERS = (
 )
 
 
-# How much of a failing rank's traceback a record carries: its last lines, at
-# most this many characters in all (every node reads the records at a failure).
-TRACEBACK_TAIL_LINES = 20
+# How much of a failing rank's traceback a record carries: its last lines
+# (``outcome.traceback_tail``), at most this many characters in all (every node
+# reads the records at a failure).
 _TRACEBACK_TAIL_CHARS = 4000
 
 
@@ -161,7 +162,7 @@ def failure_traceback_tail(error: BaseException) -> str:
     if not isinstance(message, dict):
         return ""
     callstack = str(message.get("extraInfo", {}).get("py_callstack", ""))
-    return "\n".join(callstack.rstrip().splitlines()[-TRACEBACK_TAIL_LINES:])
+    return traceback_tail(callstack)
 
 
 __all__ = [

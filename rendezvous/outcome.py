@@ -17,6 +17,14 @@ from typing import NamedTuple, Optional
 
 OUTCOME_FILE_VAR = "METAFLOW_RENDEZVOUS_OUTCOME_FILE"
 LINE_PREFIX = "metaflow rendezvous: "
+# How many of the last lines of a failing rank's traceback travel with a
+# failure: in the failure record, the outcome, ``TorchrunFailed`` and the card.
+TRACEBACK_TAIL_LINES = 20
+
+
+def traceback_tail(text: str) -> str:
+    """The last ``TRACEBACK_TAIL_LINES`` lines of a traceback (or of any text)."""
+    return "\n".join(text.rstrip().splitlines()[-TRACEBACK_TAIL_LINES:])
 
 
 class Outcome(NamedTuple):

@@ -20,6 +20,8 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Deque, Dict, List, NamedTuple, Optional, Set, Tuple
 
+from rendezvous.outcome import traceback_tail
+
 from . import post_mortem
 from .command import LaunchPlan, whole_number
 from .exceptions import TorchrunFailed
@@ -38,9 +40,6 @@ RESTARTED = "restarted"
 LAST_LINES = 5
 # A line longer than this is cut for the card (the task's log has it whole).
 _LINE_CHARS = 200
-# The end of a failed rank's traceback that the card shows and the store carries
-# (as many lines as post_mortem keeps for TorchrunFailed).
-_TRACEBACK_LINES = 20
 # "[rank3]: text": the prefix command.LINE_PREFIX_TEMPLATE gives worker lines.
 _RANK_LINE = re.compile(r"^\[rank(\d+)\]: ?(.*)$", re.DOTALL)
 # The failing rank in a failure summary, as rendezvous.failures.describe_failure
@@ -283,9 +282,9 @@ class JobState:
                     error = first_error(attempt_dir)
                     if error is not None:
                         self._failed_attempts.add(attempt)
-                        lines = (error.traceback or error.message).rstrip().splitlines()
                         state = self._local_rank_state(error.local_rank)
-                        state._fail_attempt(attempt, now, "\n".join(lines[-_TRACEBACK_LINES:]))
+                        state._fail_attempt(attempt, now,
+                                            traceback_tail(error.traceback or error.message))
                         changed = True
             if changed:
                 self._version += 1

@@ -10,14 +10,12 @@ import glob
 import os
 from typing import List, Optional
 
-from rendezvous.outcome import Outcome
+from rendezvous.outcome import TRACEBACK_TAIL_LINES, Outcome, traceback_tail
 
 from .command import LaunchPlan
 from .exceptions import TorchrunFailed
 from .local_nodes import NodeFailure
 from .worker_bootstrap import attempt_number, first_error
-
-_TRACEBACK_LINES = 20
 
 
 def attempt_dirs(plan: LaunchPlan) -> List[str]:
@@ -57,7 +55,7 @@ def failure(
     attempts = attempt_dirs(plan)
     error = first_error(attempts[-1]) if attempts else None
     if error is not None:
-        tail = "\n".join(error.traceback.rstrip().splitlines()[-_TRACEBACK_LINES:])
+        tail = traceback_tail(error.traceback)
         if error.rank:
             who = f"global rank {error.rank} (node {node_index}, local rank {error.local_rank})"
         else:  # an error file without our rank
@@ -79,7 +77,7 @@ def failure(
     return TorchrunFailed(
         f"torchrun on node {node_index} exited with code {returncode}; its last output "
         f"(torchrun's failure table names the rank, its exit code or signal):",
-        traceback_tail="\n".join(agent_stderr[-_TRACEBACK_LINES:]),
+        traceback_tail="\n".join(agent_stderr[-TRACEBACK_TAIL_LINES:]),
         log_dir=plan.log_dir,
         returncode=returncode,
         node_index=node_index,
