@@ -35,10 +35,10 @@ os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 import metaflow  # noqa: E402,F401 - before the extension's modules, which it imports
 from torch.distributed import TCPStore  # noqa: E402 - after the log level
 
-from metaflow_extensions.torchrun.plugins.command import parse_torchrun_args, plan_launch
-from metaflow_extensions.torchrun.plugins.job_state import JobState
-from metaflow_extensions.torchrun.plugins.program import Entrypoint
-from metaflow_extensions.torchrun.plugins.status_relay import TICK_SECONDS, StoreRelay
+from metaflow_extensions.torchrun.plugins.launch.command import parse_torchrun_args, plan_launch
+from metaflow_extensions.torchrun.plugins.card.state import JobState
+from metaflow_extensions.torchrun.plugins.launch.program import Entrypoint
+from metaflow_extensions.torchrun.plugins.card.relay import TICK_SECONDS, StoreRelay
 
 
 def _free_port() -> int:

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from metaflow_extensions.torchrun.plugins.log_pump import LogPump
+from metaflow_extensions.torchrun.plugins.launch.log_pump import LogPump
 
 PRODUCER = """
 import sys

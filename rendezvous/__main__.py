@@ -3,7 +3,8 @@
 Use it where the package's entry point is not installed, as on the remote nodes
 of a Metaflow run, which receive the package inside Metaflow's code package.
 Errors of the backend end the program with their message and exit code 1
-instead of a traceback from inside torch; ``outcome`` passes that message on.
+instead of a traceback from inside torch; ``outcome`` passes the failure
+record on to the launcher, whichever node failed first.
 
 It says only what torchrun would say about the user's command, once: the
 agent's own ``import torch`` does not warn about a missing numpy (the agent
@@ -33,10 +34,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     from torch.distributed.run import main as torchrun_main
 
     from . import register
-    from .errors import JobFailedError, MetaflowRendezvousError
+    from .errors import MetaflowRendezvousError
+    from .failure import Failure, FailureKind
+    from .failures import child_failure
     from .outcome import report
 
     register()
+    node_index = _node_index()
     try:
         # torchrun turns a malformed --rdzv-conf (and other bad flags) into a
         # ValueError or an AssertionError deep inside its launcher; checking the
@@ -46,7 +50,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             config, _, _ = config_from_args(args)
         _check_agent_settings(config)
     except (ValueError, AssertionError) as error:
-        report(f"bad torchrun arguments: {error}")
+        report(Failure(FailureKind.RENDEZVOUS, f"bad torchrun arguments: {error}", node_index))
         _exit(2)
     if args.master_addr == get_args_parser().get_default("master_addr"):
         torchrun_logger.addFilter(lambda record: not record.getMessage().startswith(_MASTER_ADDR_UNUSED))
@@ -57,20 +61,31 @@ def main(argv: Optional[List[str]] = None) -> None:
             # This node's workers failed too, but after another node's: show
             # their table, then the root cause last, where readers look.
             print(error.__context__.format_msg(), file=sys.stderr)
-        tail = error.traceback_tail if isinstance(error, JobFailedError) else ""
-        report(f"{type(error).__name__}: {error}", tail)
+        report(error.failure(node_index))
         _exit(1)
     except ChildFailedError as error:
         # The table torchrun shows as the end of a traceback, without the traceback.
         print(error.format_msg(), file=sys.stderr)
+        report(child_failure(error, node_index))
         _exit(1)
     except SignalException as stop:
         # SIGINT or SIGTERM from outside (Ctrl-C, a launcher stopping the job):
         # the agent already stopped its workers. Not _exit: torch skips the
         # handler's shutdown after a signal, and the handler's exit hook is
         # what tells the other nodes.
-        report(f"stopped by {stop.sigval.name}")
+        report(Failure(FailureKind.STOPPED, f"its torchrun agent was stopped by {stop.sigval.name}",
+                       node_index))
         sys.exit(128 + stop.sigval)
+
+
+def _node_index() -> Optional[int]:
+    """This node's index, as the backend reads it; None outside a Metaflow step."""
+    from .topology import read_topology
+
+    try:
+        return read_topology().node_index
+    except ValueError:  # TopologyError: the backend says why, if it is used
+        return None
 
 
 @contextmanager

@@ -9,10 +9,37 @@ the same function, which keeps registering twice harmless.
 
 
 def create_handler(params):
-    """``RendezvousParameters -> MetaflowRendezvousHandler``; see ``rendezvous.handler``."""
-    from .handler import create_handler as create
+    """Build the handler (``rendezvous.handler``) from torchrun's ``RendezvousParameters``
+    and the Metaflow environment.
 
-    return create(params)
+    Raises:
+        TopologyError: the environment is incomplete or ``--nnodes`` differs
+            from the number of Metaflow nodes.
+        ConfigError: a bad ``--rdzv-conf`` or ``--rdzv-endpoint``.
+    """
+    from .endpoint import store_address
+    from .errors import TopologyError
+    from .handler import MetaflowRendezvousHandler
+    from .settings import RendezvousSettings
+    from .topology import NUM_NODES_VAR, read_topology
+
+    topology = read_topology()
+    settings = RendezvousSettings.from_config(params.config)
+    if not params.min_nodes == params.max_nodes == topology.num_nodes:
+        given = (
+            str(params.min_nodes)
+            if params.min_nodes == params.max_nodes
+            else f"{params.min_nodes}:{params.max_nodes}"
+        )
+        raise TopologyError(
+            f"--nnodes={given}, but this Metaflow step runs {topology.num_nodes} nodes "
+            f"({NUM_NODES_VAR}={topology.num_nodes}). The metaflow backend has a fixed "
+            f"membership: pass --nnodes={topology.num_nodes}."
+        )
+    # A port the compute layer declared for node 0 (@kubernetes(port=...)) is
+    # the one its network policy opens; a port in the endpoint wins over it.
+    host, port = store_address(params.endpoint, params.run_id, topology)
+    return MetaflowRendezvousHandler(topology, settings, params.run_id, host, port)
 
 
 def handler_creator():

@@ -5,6 +5,8 @@ elastic agent treat them as rendezvous failures, and every message says what to
 do next.
 """
 
+from typing import List, Optional
+
 from torch.distributed.elastic.rendezvous import (
     RendezvousClosedError,
     RendezvousConnectionError,
@@ -12,9 +14,15 @@ from torch.distributed.elastic.rendezvous import (
     RendezvousTimeoutError,
 )
 
+from .failure import Failure, FailureKind
+
 
 class MetaflowRendezvousError(RendezvousError):
     """Base class of every error raised by the ``metaflow`` backend."""
+
+    def failure(self, node_index: Optional[int]) -> Failure:
+        """This error as the failure record of node ``node_index``, whose agent it ended."""
+        return Failure(FailureKind.RENDEZVOUS, f"{type(self).__name__}: {self}", node_index)
 
 
 class TopologyError(MetaflowRendezvousError, ValueError):
@@ -43,9 +51,13 @@ class JoinTimeoutError(MetaflowRendezvousError, RendezvousTimeoutError):
     ``missing`` holds the node indexes that did not arrive.
     """
 
-    def __init__(self, message: str, missing: "list[int]"):
+    def __init__(self, message: str, missing: List[int]):
         super().__init__(message)
         self.missing = missing
+
+    def failure(self, node_index: Optional[int]) -> Failure:
+        first_missing = self.missing[0] if self.missing else None
+        return Failure(FailureKind.NODE_NEVER_ARRIVED, str(self), first_missing)
 
 
 class RestartAfterFinishError(MetaflowRendezvousError, RendezvousClosedError):
@@ -54,6 +66,9 @@ class RestartAfterFinishError(MetaflowRendezvousError, RendezvousClosedError):
     A finished node's agent never joins another round, so the round could never
     form; the job fails instead of waiting ``join_timeout`` for it.
     """
+
+    def failure(self, node_index: Optional[int]) -> Failure:
+        return Failure(FailureKind.RESTART_REFUSED, str(self), node_index)
 
 
 def restart_after_finish_reason(round_: int, finished: "list[int]") -> str:
@@ -70,12 +85,17 @@ def restart_after_finish_reason(round_: int, finished: "list[int]") -> str:
 class JobFailedError(MetaflowRendezvousError, RendezvousClosedError):
     """Another node of the job failed, so this node stops too.
 
-    ``node_index`` is the node that failed first (``None`` when unknown);
-    ``traceback_tail`` the end of its failing rank's traceback, as that node
-    recorded it ("" when it had none).
+    ``record`` is what failed first, as the node that saw it recorded it
+    (``node_index`` is its node); the message is its summary.
     """
 
-    def __init__(self, message: str, node_index: "int | None" = None, traceback_tail: str = ""):
-        super().__init__(message)
-        self.node_index = node_index
-        self.traceback_tail = traceback_tail
+    def __init__(self, record: Failure):
+        super().__init__(record.summary)
+        self.record = record
+
+    @property
+    def node_index(self) -> Optional[int]:
+        return self.record.node_index
+
+    def failure(self, node_index: Optional[int]) -> Failure:
+        return self.record

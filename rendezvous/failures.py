@@ -1,37 +1,25 @@
-"""Failure records: what a node writes to the ``failures`` key, and which one is the root cause.
+"""The ``failures`` key of the store, and how torch's view of a failure becomes a ``Failure``.
 
-A record is one line ``<node index>\\t<kind>\\t<reason>[\\t<traceback tail>]``,
-written by ``FailureRecord.encode`` and read back by ``parse_failures``; the
-reason is kept on one line, and the end of the failing rank's traceback, when
-its error file has one, is a JSON string (no newline or tab in it). The tail
-lets every node show the traceback of a rank that failed on another node.
+Each node that fails appends one record to the job's ``failures`` key: a
+``rendezvous.failure.Failure`` as one JSON line (``encode_failure``), read
+back by ``parse_failures``. ``root_cause`` picks the one every node reports.
+``child_failure`` turns torch's ``ChildFailedError`` (this node's workers
+failed) into a record: the rank that failed first, its exit code or signal,
+its error and the end of its traceback, from the worker's error file.
 """
 
-import json
 import math
 import os
-from enum import Enum
-from typing import List, NamedTuple, Optional, Tuple
+import time
+from typing import List, Optional, Tuple
 
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
-from .errors import JobFailedError
-from .outcome import traceback_tail
-
-
-class FailureKind(str, Enum):
-    """Whether a node failed of its own accord, or only because it lost a peer."""
-
-    OWN = "own"
-    PEER_LOST = "peer-lost"
-
-
-# The kinds by their short names, as ``signal.SIGINT`` is ``signal.Signals.SIGINT``.
-OWN = FailureKind.OWN
-PEER_LOST = FailureKind.PEER_LOST
+from .failure import Failure, FailureKind, traceback_tail
 
 # Worker errors that say a peer went away: the failure of one rank makes the
 # ranks talking to it fail like this, so such a failure is rarely the root cause.
+# (torch's and gloo's words, not ours.)
 _PEER_LOST_MARKERS = (
     "Connection closed by peer",
     "Connection reset by peer",
@@ -44,65 +32,34 @@ _PEER_LOST_MARKERS = (
 )
 
 
-# How much of a failing rank's traceback a record carries: its last lines
-# (``outcome.traceback_tail``), at most this many characters in all (every node
-# reads the records at a failure).
-_TRACEBACK_TAIL_CHARS = 4000
+def encode_failure(failure: Failure) -> str:
+    """The record's line in the ``failures`` key, newline included."""
+    return failure.to_json() + "\n"
 
 
-class FailureRecord(NamedTuple):
-    """One record of the ``failures`` key: which node failed, how, and why."""
-
-    node: str
-    kind: FailureKind
-    reason: str
-    traceback_tail: str = ""
-
-    def encode(self) -> str:
-        """The record's line, newline included; whitespace in the reason collapses to spaces."""
-        line = f"{self.node}\t{self.kind.value}\t{' '.join(self.reason.split())}"
-        if self.traceback_tail:
-            line += "\t" + json.dumps(self.traceback_tail[-_TRACEBACK_TAIL_CHARS:])
-        return line + "\n"
-
-
-def parse_failures(raw: bytes) -> List[FailureRecord]:
-    """The records of a ``failures`` value, in the order they were written.
-
-    A kind this version does not know counts as ``PEER_LOST``: such a record
-    is the root cause only when no node recorded an ``OWN`` failure. A
-    traceback tail that does not parse is left out.
-    """
+def parse_failures(raw: bytes) -> List[Failure]:
+    """The records of a ``failures`` value, in the order they were written; lines that are
+    not records (another version's) are left out."""
     records = []
     for line in raw.decode("utf-8", errors="replace").splitlines():
-        node, kind, reason, encoded_tail = (line.split("\t", 3) + ["", "", ""])[:4]
         try:
-            tail = json.loads(encoded_tail) if encoded_tail else ""
+            records.append(Failure.from_json(line))
         except ValueError:
-            tail = ""
-        records.append(FailureRecord(
-            node, OWN if kind == OWN.value else PEER_LOST, reason,
-            tail if isinstance(tail, str) else "",
-        ))
+            continue
     return records
 
 
-def root_cause(records: List[FailureRecord]) -> Optional[JobFailedError]:
-    """The error every node reports.
+def root_cause(records: List[Failure]) -> Optional[Failure]:
+    """The failure every node reports, None without records.
 
-    The first failure of kind ``OWN`` wins over failures that only say a peer
-    went away, even ones recorded earlier: when a rank dies, its peers' ranks
-    fail in their collectives at once, and their agents may record that first.
+    The first failure that is not secondary wins over failures that only say
+    a peer went away, even ones recorded earlier: when a rank dies, its peers'
+    ranks fail in their collectives at once, and their agents may record that
+    first.
     """
     if not records:
         return None
-    node, _, reason, tail = next((record for record in records if record.kind == OWN), records[0])
-    who = "the control node (node 0)" if node == "0" else f"node {node}"
-    return JobFailedError(
-        f"{who} failed first: {reason}",
-        node_index=int(node) if node.isdigit() else None,
-        traceback_tail=tail,
-    )
+    return next((record for record in records if not record.secondary), records[0])
 
 
 def _failure_time(failure: ProcessFailure) -> Tuple[int, float]:
@@ -119,14 +76,6 @@ def _failure_time(failure: ProcessFailure) -> Tuple[int, float]:
     return failure.timestamp, written
 
 
-def _first_failure(error: ChildFailedError) -> Tuple[int, ProcessFailure]:
-    """The global rank that failed first, and its failure."""
-    # torch's get_first_failure compares whole-second timestamps, and a
-    # rank's failure makes its peers fail within the same second: the time
-    # each error file was written decides between them.
-    return min(error.failures.items(), key=lambda item: _failure_time(item[1]))
-
-
 def _error_file_message(failure: ProcessFailure) -> object:
     """What the worker's error file says (a dict in the layout torch's @record writes), else ""."""
     # Only an error file (a worker wrapped by @record, or our bootstrap)
@@ -134,44 +83,43 @@ def _error_file_message(failure: ProcessFailure) -> object:
     return failure.message if os.path.isfile(failure.error_file) else ""
 
 
-def describe_failure(error: BaseException) -> Tuple[str, FailureKind]:
-    """One line saying how this node's agent failed, and its kind."""
-    if not isinstance(error, ChildFailedError):
-        return f"{type(error).__name__}: {error}", OWN
-    rank, failure = _first_failure(error)
-    if failure.exitcode < 0:
-        how = f"was killed by {failure.signal_name()}"
+def child_failure(error: ChildFailedError, node_index: Optional[int]) -> Failure:
+    """The record of the rank of ``error`` that failed first, on node ``node_index``."""
+    # torch's get_first_failure compares whole-second timestamps, and a
+    # rank's failure makes its peers fail within the same second: the time
+    # each error file was written decides between them.
+    rank, failed = min(error.failures.items(), key=lambda item: _failure_time(item[1]))
+    content = _error_file_message(failed)
+    callstack = ""
+    if isinstance(content, dict):  # the layout torch's @record writes
+        callstack = str(content.get("extraInfo", {}).get("py_callstack", ""))
+        content = content.get("message", "")
+    lines = str(content).strip().splitlines()
+    killed = failed.exitcode < 0
+    if any(marker in str(content) for marker in _PEER_LOST_MARKERS):
+        kind = FailureKind.PEER_LOST
+    elif killed:
+        kind = FailureKind.KILLED
     else:
-        how = f"exited with code {failure.exitcode}"
-    text = f"global rank {rank} (local rank {failure.local_rank}) {how}"
-    message = _error_file_message(failure)
-    if isinstance(message, dict):  # the layout torch's @record writes
-        message = message.get("message", "")
-    lines = str(message).strip().splitlines()
-    if lines:
-        text += f": {lines[-1]}"
-    kind = PEER_LOST if any(marker in str(message) for marker in _PEER_LOST_MARKERS) else OWN
-    return text, kind
+        kind = FailureKind.RAISED if lines else FailureKind.EXITED
+    return Failure(
+        kind=kind,
+        message=lines[-1] if lines else "",
+        node_index=node_index,
+        rank=rank,
+        local_rank=failed.local_rank,
+        exit_code=None if killed else failed.exitcode,
+        signal=failed.signal_name() if killed else None,
+        traceback_tail=traceback_tail(callstack),
+        time=float(failed.timestamp) if failed.timestamp else time.time(),
+    )
 
 
-def failure_traceback_tail(error: BaseException) -> str:
-    """The end of the traceback of the rank ``describe_failure`` names, or "" without one."""
-    if not isinstance(error, ChildFailedError):
-        return ""
-    message = _error_file_message(_first_failure(error)[1])
-    if not isinstance(message, dict):
-        return ""
-    callstack = str(message.get("extraInfo", {}).get("py_callstack", ""))
-    return traceback_tail(callstack)
+def agent_failure(error: BaseException, node_index: Optional[int]) -> Failure:
+    """The record of why this node's agent failed: its workers' first failure, or the error."""
+    if isinstance(error, ChildFailedError):
+        return child_failure(error, node_index)
+    return Failure(FailureKind.RENDEZVOUS, f"{type(error).__name__}: {error}", node_index)
 
 
-__all__ = [
-    "OWN",
-    "PEER_LOST",
-    "FailureKind",
-    "FailureRecord",
-    "describe_failure",
-    "failure_traceback_tail",
-    "parse_failures",
-    "root_cause",
-]
+__all__ = ["agent_failure", "child_failure", "encode_failure", "parse_failures", "root_cause"]

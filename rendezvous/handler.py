@@ -1,7 +1,7 @@
 """The ``metaflow`` rendezvous handler: fixed membership, node 0 hosts the store.
 
 The keys it uses in the store are named in ``rendezvous.keys``; the failure
-records in ``rendezvous.failures``; the thread that watches the other nodes
+records (``rendezvous.failure.Failure``) in ``rendezvous.failures``; the thread that watches the other nodes
 is ``rendezvous.watcher``.
 """
 
@@ -16,12 +16,11 @@ from torch.distributed import Store, TCPStore
 from torch.distributed.elastic.rendezvous import (
     RendezvousHandler,
     RendezvousInfo,
-    RendezvousParameters,
     RendezvousStoreInfo,
 )
 
 from . import BACKEND_NAME
-from .endpoint import format_endpoint, store_address
+from .endpoint import format_endpoint
 from .errors import (
     ForeignJobError,
     JobFailedError,
@@ -32,7 +31,8 @@ from .errors import (
     TopologyError,
     restart_after_finish_reason,
 )
-from .failures import OWN, PEER_LOST, FailureKind, describe_failure, failure_traceback_tail
+from .failure import Failure, FailureKind
+from .failures import agent_failure
 from .keys import JobKeys
 from .network import socket_ifname_defaults
 from .settings import RendezvousSettings
@@ -44,7 +44,7 @@ from .store import (
     wait_until_listening,
     wipe_worker_keys,
 )
-from .topology import NUM_NODES_VAR, Topology, read_topology
+from .topology import Topology
 from .watcher import Watcher, wake_every_node
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         return self._watcher is not None and self._watcher.failure() is not None
 
     def set_closed(self) -> None:
-        self._publish_failure("closed the rendezvous", OWN)
+        self._publish_failure(FailureKind.STOPPED, "it closed the rendezvous")
 
     def next_rendezvous(self) -> RendezvousInfo:
         deadline = time.monotonic() + self.settings.join_timeout
@@ -169,9 +169,9 @@ class MetaflowRendezvousHandler(RendezvousHandler):
     def shutdown(self) -> bool:
         in_flight = sys.exc_info()[1]
         if in_flight is not None and not isinstance(in_flight, JobFailedError):
-            reason, kind = describe_failure(in_flight)
-            self._publish_failure(reason, kind, failure_traceback_tail(in_flight))
-            if kind == PEER_LOST:
+            failure = agent_failure(in_flight, self.node_index)
+            self._watcher_publish(failure)
+            if failure.secondary:
                 self._await_root_cause()
         # Closing reads the failure records again: by now the root cause has
         # had the time it took to stop the workers to be recorded.
@@ -273,8 +273,9 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         except MetaflowRendezvousError:
             return  # node 0 is gone or the job failed: shutdown() says so
         if asker is not None:
+            reason = restart_after_finish_reason(requested, [self.node_index])
             self._watcher.publish_failure(
-                restart_after_finish_reason(requested, [self.node_index]), int(asker), OWN
+                Failure(FailureKind.RESTART_REFUSED, reason + ".", int(asker))
             )
 
     def _join(self, round_: int, deadline: float) -> None:
@@ -299,7 +300,7 @@ class MetaflowRendezvousHandler(RendezvousHandler):
                 f"two agents claim node index {', '.join(map(str, duplicates))}; "
                 f"every node needs its own MF_PARALLEL_NODE_INDEX"
             )
-            self._publish_failure(reason, OWN)
+            self._publish_failure(FailureKind.RENDEZVOUS, f"TopologyError: {reason}.")
             raise TopologyError(reason + ".")
         if round_ > 0:
             namespace = self._keys.namespace
@@ -341,15 +342,19 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         deadline = time.monotonic() + _ROOT_CAUSE_GRACE
         try:
             while time.monotonic() < deadline:
-                if any(record.kind == OWN for record in self._watcher.failure_records()):
+                if any(not record.secondary for record in self._watcher.failure_records()):
                     return
                 time.sleep(0.05)
         except StoreUnreachableError:
             return  # node 0 is gone: nobody can say more
 
-    def _publish_failure(self, reason: str, kind: FailureKind, traceback_tail: str = "") -> None:
+    def _publish_failure(self, kind: FailureKind, message: str) -> None:
+        """Record that this node failed (``kind``, ``message``), if it reached the store."""
+        self._watcher_publish(Failure(kind, message, self.node_index))
+
+    def _watcher_publish(self, failure: Failure) -> None:
         if self._watcher is not None:
-            self._watcher.publish_failure(reason, self.node_index, kind, traceback_tail)
+            self._watcher.publish_failure(failure)
 
     # Closing
 
@@ -366,33 +371,16 @@ class MetaflowRendezvousHandler(RendezvousHandler):
             watcher.reread_failure()
             closed = self._side.call(lambda store: store.add(closed_key, 1))
             if self.topology.is_control:
-                self._wait_for_others_to_close(closed)
+                watcher.wait_for_others_to_close(closed, self.settings.close_timeout)
         except StoreUnreachableError:
             pass  # node 0 already went away: nothing left to tell it
-
-    def _wait_for_others_to_close(self, closed: int) -> None:
-        # Only nodes that sent heartbeats and still send them can close; one that
-        # never came (a join timeout) or died (its agent killed: its task failed,
-        # and a local run's node 0 is stopped seconds later) must not hold node 0 up.
-        beats = [self._keys.heartbeat(i) for i in range(self.topology.num_nodes)]
-        side = self._side
-        counts = [int(count) for count in side.call(lambda store: store.multi_get(beats))]
-        silent = self._watcher.silent_nodes()
-        now = time.monotonic()
-        expected = sum(1 for node, count in enumerate(counts)
-                       if count and node not in silent
-                       and not self._watcher.stopped_beating(node, count, now))
-        closed_key = self._keys.closed
-        deadline = time.monotonic() + self.settings.close_timeout
-        while closed < expected and time.monotonic() < deadline:
-            time.sleep(0.02)
-            closed = side.call(lambda store: store.add(closed_key, 0))
 
     def _close_at_exit(self) -> None:
         """Tell the other nodes if this agent exits without ``shutdown`` (a signal)."""
         if not self._closed and self._watcher is not None:
             self._publish_failure(
-                "its torchrun agent exited before the job finished (stopped by a signal?)", OWN
+                FailureKind.STOPPED,
+                "its torchrun agent exited before the job finished (stopped by a signal?)",
             )
             self._close()
 
@@ -402,31 +390,4 @@ def _node_list(raw: bytes) -> List[int]:
     return [int(item) for item in raw.decode().split(",") if item]
 
 
-def create_handler(params: RendezvousParameters) -> MetaflowRendezvousHandler:
-    """Build the handler from torchrun's parameters and the Metaflow environment.
-
-    Raises:
-        TopologyError: the environment is incomplete or ``--nnodes`` differs
-            from the number of Metaflow nodes.
-        ConfigError: a bad ``--rdzv-conf`` or ``--rdzv-endpoint``.
-    """
-    topology = read_topology()
-    settings = RendezvousSettings.from_config(params.config)
-    if not params.min_nodes == params.max_nodes == topology.num_nodes:
-        given = (
-            str(params.min_nodes)
-            if params.min_nodes == params.max_nodes
-            else f"{params.min_nodes}:{params.max_nodes}"
-        )
-        raise TopologyError(
-            f"--nnodes={given}, but this Metaflow step runs {topology.num_nodes} nodes "
-            f"({NUM_NODES_VAR}={topology.num_nodes}). The metaflow backend has a fixed "
-            f"membership: pass --nnodes={topology.num_nodes}."
-        )
-    # A port the compute layer declared for node 0 (@kubernetes(port=...)) is
-    # the one its network policy opens; a port in the endpoint wins over it.
-    host, port = store_address(params.endpoint, params.run_id, topology)
-    return MetaflowRendezvousHandler(topology, settings, params.run_id, host, port)
-
-
-__all__ = ["MetaflowRendezvousHandler", "create_handler"]
+__all__ = ["MetaflowRendezvousHandler"]

@@ -16,8 +16,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 from torch.distributed import DistError, DistStoreError, Store
 
 from .errors import JobFailedError, StoreUnreachableError
-from .failures import OWN, FailureKind, FailureRecord, parse_failures
-from .failures import root_cause as root_cause_of
+from .failure import Failure, FailureKind
+from .failures import encode_failure, parse_failures, root_cause
 from .keys import JobKeys
 from .settings import RendezvousSettings
 from .store import BoundedConnection, connect_store
@@ -144,11 +144,7 @@ class Watcher:
         """The job's failure as seen so far (``None`` while none is known)."""
         return self._failure
 
-    def silent_nodes(self) -> List[int]:
-        """The nodes node 0 failed the job for because their heartbeats stopped."""
-        return list(self._silent_nodes)
-
-    def stopped_beating(self, node: int, count: int, now: float) -> bool:
+    def _stopped_beating(self, node: int, count: int, now: float) -> bool:
         """Whether ``node``'s heartbeat counter, read as ``count`` at ``now``, stood still
         for two intervals as of node 0's reads (False on other nodes, and for node 0).
 
@@ -158,6 +154,27 @@ class Watcher:
         """
         last_count, since = self._heartbeats.get(node, (-1, now))
         return count == last_count and now - since > 2 * self._settings.heartbeat_interval
+
+    def wait_for_others_to_close(self, closed: int, close_timeout: float) -> None:
+        """Node 0 at its close: wait up to ``close_timeout`` until every node that can close
+        did (``closed`` have so far).
+
+        Only nodes that sent heartbeats and still send them can close; one that
+        never came (a join timeout) or died (its agent killed: its task failed,
+        and a local run's node 0 is stopped seconds later) must not hold node 0 up.
+        """
+        beats = [self._keys.heartbeat(i) for i in range(self._topology.num_nodes)]
+        side = self._side
+        counts = [int(count) for count in side.call(lambda store: store.multi_get(beats))]
+        now = time.monotonic()
+        expected = sum(1 for node, count in enumerate(counts)
+                       if count and node not in self._silent_nodes
+                       and not self._stopped_beating(node, count, now))
+        closed_key = self._keys.closed
+        deadline = time.monotonic() + close_timeout
+        while closed < expected and time.monotonic() < deadline:
+            time.sleep(0.02)
+            closed = side.call(lambda store: store.add(closed_key, 0))
 
     def _fail(self, failure: Optional[JobFailedError]) -> None:
         """Keep ``failure`` unless one is known already: the first one seen stays."""
@@ -169,7 +186,7 @@ class Watcher:
 
     # Reading and writing the failure records
 
-    def failure_records(self) -> List[FailureRecord]:
+    def failure_records(self) -> List[Failure]:
         """Every failure record in the store, in the order they were written.
 
         Raises:
@@ -184,7 +201,7 @@ class Watcher:
         Raises:
             StoreUnreachableError: node 0 did not answer.
         """
-        return root_cause_of(self.failure_records())
+        return _job_failed(self.failure_records())
 
     def reread_failure(self) -> None:
         """Read the failure records once more: their root cause replaces the failure seen so far.
@@ -196,11 +213,10 @@ class Watcher:
         with self._failure_lock:
             self._failure = cause or self._failure
 
-    def publish_failure(self, reason: str, node: int, kind: FailureKind = OWN,
-                        traceback_tail: str = "") -> None:
-        """Record that ``node`` failed, and why; the job's first record wakes every node. Never raises."""
+    def publish_failure(self, failure: Failure) -> None:
+        """Record ``failure``; the job's first record wakes every node. Never raises."""
         keys = self._keys
-        record = FailureRecord(str(node), kind, reason, traceback_tail).encode()
+        record = encode_failure(failure)
         num_nodes = self._topology.num_nodes
 
         def record_and_wake(store: Store) -> None:
@@ -264,11 +280,12 @@ class Watcher:
                 return
 
     def _unreachable(self, error: object) -> JobFailedError:
-        return JobFailedError(
-            f"the control node (node 0, rendezvous store at {self._side.endpoint}) is "
-            f"unreachable: {error}. Its own log says why.",
+        return JobFailedError(Failure(
+            FailureKind.NODE_LOST,
+            f"it is unreachable (rendezvous store at {self._side.endpoint}): {error}. "
+            f"Its own log says why.",
             node_index=0,
-        )
+        ))
 
     def _check_heartbeats(self, now: float) -> None:
         others = range(1, self._topology.num_nodes)
@@ -285,13 +302,13 @@ class Watcher:
                 now - since > self._settings.heartbeat_timeout
             ):
                 reason = (
-                    f"stopped sending heartbeats {now - since:.0f} s ago (its agent was "
+                    f"it stopped sending heartbeats {now - since:.0f} s ago (its agent was "
                     f"killed, or the network to it is cut)"
                 )
                 # Every node silent now is recorded, not only the first: node 0
                 # waits at its close for the nodes it does not know to be silent.
                 self._silent_nodes.append(node)
-                self.publish_failure(reason, node)
+                self.publish_failure(Failure(FailureKind.NODE_LOST, reason, node))
         if self._silent_nodes:
             self._fail(self.root_cause())
 
@@ -315,12 +332,18 @@ class Watcher:
                 store.delete_key(wake_key)
                 round_raw, failures_raw = store.multi_get(state_keys)
                 self._requested_round = int(round_raw)
-                self._fail(root_cause_of(parse_failures(failures_raw)))
+                self._fail(_job_failed(parse_failures(failures_raw)))
                 if self._failure is not None:
                     return
         except (DistError, RuntimeError, StoreUnreachableError) as error:
             if not self._stop_event.is_set():
                 self._fail(self._unreachable(str(error).splitlines()[0]))
+
+
+def _job_failed(records: List[Failure]) -> Optional[JobFailedError]:
+    """The error of the records' root cause, None without records."""
+    cause = root_cause(records)
+    return None if cause is None else JobFailedError(cause)
 
 
 __all__ = ["Watcher", "wake_every_node"]

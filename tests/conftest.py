@@ -3,6 +3,9 @@ rehearsal's pod environment (see rehearsal/pod_env.py); the ``remote`` marker.""
 
 import pytest
 
+# Metaflow first: its import loads the extension's top-level names, which import
+# our errors module; importing that module first would make a cycle through it.
+import metaflow  # noqa: F401
 from harness.flow_runs import FlowRunner
 
 

@@ -17,7 +17,8 @@ from torch.distributed import Store
 import rendezvous.handler as handler_module
 import rendezvous.watcher as watcher_module
 from rendezvous.errors import JobFailedError
-from rendezvous.failures import PEER_LOST
+from rendezvous.failure import Failure, FailureKind
+from rendezvous.failures import encode_failure
 from rendezvous.handler import MetaflowRendezvousHandler
 from rendezvous.keys import JobKeys
 from rendezvous.settings import RendezvousSettings
@@ -69,7 +70,7 @@ def job():
 def test_a_change_is_seen_when_the_store_wakes_the_nodes_not_before(job):
     server, keys, watchers = job
     # A record written without waking anyone stays unseen: nothing polls.
-    server.append(keys.failures, "2\town\tfirst\n")
+    server.append(keys.failures, encode_failure(Failure(FailureKind.RAISED, "first", node_index=2)))
     time.sleep(0.5)
     assert all(watcher.failure() is None for watcher in watchers)
     wake_every_node(server, keys, NUM_NODES)
@@ -79,9 +80,9 @@ def test_a_change_is_seen_when_the_store_wakes_the_nodes_not_before(job):
 
 def test_the_first_failure_wakes_every_node_and_later_ones_wake_none(job):
     server, keys, watchers = job
-    watchers[1].publish_failure("lost a peer", 1, PEER_LOST)
+    watchers[1].publish_failure(Failure(FailureKind.PEER_LOST, "lost a peer", node_index=1))
     assert _until(lambda: all(watcher.failure() is not None for watcher in watchers))
-    watchers[2].publish_failure("raised", 2)
+    watchers[2].publish_failure(Failure(FailureKind.RAISED, "raised", node_index=2))
     assert int(server.add(keys.failure_count, 0)) == 2
     # Each node took its wake key off before reading; the second record set none again.
     assert not any(server.check([keys.wake(node)]) for node in range(NUM_NODES))

@@ -12,16 +12,11 @@ from torch.distributed.elastic.rendezvous import RendezvousParameters, rendezvou
 import rendezvous
 from rendezvous.endpoint import DERIVED_PORT_BASE, DERIVED_PORT_SPAN, derive_port, parse_endpoint
 from rendezvous.errors import ConfigError, TopologyError
-from rendezvous.failures import (
-    OWN,
-    PEER_LOST,
-    FailureRecord,
-    describe_failure,
-    failure_traceback_tail,
-    parse_failures,
-    root_cause,
-)
-from rendezvous.handler import create_handler
+from rendezvous.errors import JobFailedError, JoinTimeoutError, RestartAfterFinishError
+from rendezvous.failure import Failure, FailureKind
+from rendezvous.failures import agent_failure, child_failure, encode_failure, parse_failures, root_cause
+from rendezvous.outcome import LINE_PREFIX, read_outcome, report
+from rendezvous._entry_point import create_handler
 from rendezvous.network import interface_with_address, socket_ifname_defaults
 from rendezvous.settings import RendezvousSettings
 from rendezvous.topology import read_topology
@@ -165,17 +160,20 @@ def test_entry_point_loads_when_our_modules_import_torch_first():
     assert result.stdout.strip() == "True", result.stderr
 
 
-def test_describe_failure_names_rank_and_error(tmp_path):
+def test_a_rank_failure_becomes_a_record_with_its_rank_and_error(tmp_path):
     error_file = tmp_path / "error.json"
     error_file.write_text('{"message": {"message": "ValueError: boom", "extraInfo": {"timestamp": "1"}}}')
     failure = ProcessFailure(local_rank=1, pid=10, exitcode=1, error_file=str(error_file))
-    text, kind = describe_failure(ChildFailedError("train.py", {3: failure}))
-    assert (text, kind) == ("global rank 3 (local rank 1) exited with code 1: ValueError: boom", OWN)
+    record = child_failure(ChildFailedError("train.py", {3: failure}), node_index=1)
+    assert (record.kind, record.node_index, record.rank, record.local_rank) == (FailureKind.RAISED, 1, 3, 1)
+    assert (record.exit_code, record.signal, record.message) == (1, None, "ValueError: boom")
+    assert record.summary == "node 1 failed first: global rank 3 (local rank 1) exited with code 1: ValueError: boom"
     killed = ProcessFailure(local_rank=0, pid=11, exitcode=-9, error_file="<N/A>")
-    assert describe_failure(ChildFailedError("x", {2: killed})) == (
-        "global rank 2 (local rank 0) was killed by SIGKILL", OWN
-    )
-    assert describe_failure(KeyError("k")) == ("KeyError: 'k'", OWN)
+    record = child_failure(ChildFailedError("x", {2: killed}), node_index=0)
+    assert (record.kind, record.rank, record.exit_code, record.signal) == (FailureKind.KILLED, 2, None, "SIGKILL")
+    assert record.summary == "the control node (node 0) failed first: global rank 2 (local rank 0) was killed by SIGKILL"
+    other = agent_failure(KeyError("k"), node_index=2)
+    assert (other.kind, other.message, other.node_index, other.rank) == (FailureKind.RENDEZVOUS, "KeyError: 'k'", 2, None)
 
 
 def test_the_failure_written_first_is_named_within_one_second(tmp_path):
@@ -190,9 +188,9 @@ def test_the_failure_written_first_is_named_within_one_second(tmp_path):
     # rank 1 was stopped by its agent in that second: no error file
     failures[1] = ProcessFailure(local_rank=1, pid=1, exitcode=-15, error_file="<N/A>")
     failures[1].timestamp = 7
-    assert describe_failure(ChildFailedError("train.py", failures)) == (
-        "global rank 3 (local rank 1) exited with code 1: ValueError: bad batch on rank 3", OWN
-    )
+    record = child_failure(ChildFailedError("train.py", failures), node_index=0)
+    assert (record.rank, record.local_rank, record.kind) == (3, 1, FailureKind.RAISED)
+    assert record.message == "ValueError: bad batch on rank 3"
 
 
 def test_a_failure_saying_a_peer_went_away_is_secondary(tmp_path):
@@ -202,10 +200,11 @@ def test_a_failure_saying_a_peer_went_away_is_secondary(tmp_path):
         ' "extraInfo": {"timestamp": "1"}}}'
     )
     failure = ProcessFailure(local_rank=0, pid=10, exitcode=1, error_file=str(error_file))
-    assert describe_failure(ChildFailedError("train.py", {0: failure}))[1] == PEER_LOST
+    record = child_failure(ChildFailedError("train.py", {0: failure}), node_index=0)
+    assert record.kind == FailureKind.PEER_LOST and record.secondary
 
 
-def test_a_record_carries_the_end_of_the_failing_rank_traceback(tmp_path):
+def test_a_record_travels_through_the_store_whole(tmp_path):
     callstack = "Traceback (most recent call last):\n" + "".join(
         f'  File "train.py", line {n}, in step\n\tcall()\n' for n in range(30)
     ) + "ValueError: boom"
@@ -216,31 +215,51 @@ def test_a_record_carries_the_end_of_the_failing_rank_traceback(tmp_path):
         3: ProcessFailure(local_rank=1, pid=10, exitcode=1, error_file=str(error_file)),
         2: ProcessFailure(local_rank=0, pid=11, exitcode=-15, error_file="<N/A>"),
     })
-    tail = failure_traceback_tail(failed)
-    assert tail.splitlines() == callstack.splitlines()[-20:]
-    reason, kind = describe_failure(failed)
-    raw = (FailureRecord("0", PEER_LOST, "lost a peer").encode()
-           + FailureRecord("1", kind, reason, tail).encode()).encode()
+    record = child_failure(failed, node_index=1)
+    assert record.traceback_tail.splitlines() == callstack.splitlines()[-20:]
+    lost = Failure(FailureKind.PEER_LOST, "lost a peer", node_index=0)
+    raw = (encode_failure(lost) + encode_failure(record)).encode()
     assert raw.count(b"\n") == 2  # one line per record, whatever the traceback holds
-    assert parse_failures(raw)[1] == FailureRecord("1", OWN, reason, tail)
-    error = root_cause(parse_failures(raw))
-    assert (error.node_index, error.traceback_tail) == (1, tail)
-    # No error file, or a tail that does not parse: the record stands without one.
-    assert failure_traceback_tail(ChildFailedError("x", {2: failed.failures[2]})) == ""
-    assert failure_traceback_tail(KeyError("k")) == ""
-    assert parse_failures(b"1\town\tboom\t{not json\n") == [FailureRecord("1", OWN, "boom")]
-    assert parse_failures(b"1\n") == [FailureRecord("1", PEER_LOST, "")]
+    assert parse_failures(raw) == [lost, record]
+    assert root_cause(parse_failures(raw)) == record
+    # No error file: the record stands without a tail. A line that is not a record is skipped.
+    assert child_failure(ChildFailedError("x", {2: failed.failures[2]}), 1).traceback_tail == ""
+    assert parse_failures(b"{not json\n" + encode_failure(lost).encode()) == [lost]
+    # A kind another version wrote counts as secondary.
+    newer = json.dumps({**lost.to_dict(), "kind": "from-the-future"}).encode()
+    assert parse_failures(newer)[0].kind == FailureKind.PEER_LOST
 
 
 def test_root_cause_prefers_a_node_own_failure_over_an_earlier_peer_lost_one():
-    records = (
-        b"0\tpeer-lost\tglobal rank 0 ... Connection closed by peer\n"
-        b"1\town\tglobal rank 3 (local rank 1) exited with code 1: ValueError: boom\n"
-        b"2\town\tlater failure\n"
-    )
-    error = root_cause(parse_failures(records))
-    assert error.node_index == 1
+    lost = Failure(FailureKind.PEER_LOST, "Connection closed by peer", node_index=0, rank=0, local_rank=0, exit_code=1)
+    raised = Failure(FailureKind.RAISED, "ValueError: boom", node_index=1, rank=3, local_rank=1, exit_code=1)
+    later = Failure(FailureKind.NODE_LOST, "it stopped sending heartbeats", node_index=2)
+    assert root_cause([lost, raised, later]) == raised
+    assert root_cause([lost]) == lost
+    assert root_cause([]) is None
+    error = JobFailedError(raised)
+    assert (error.node_index, error.failure(0)) == (1, raised)
     assert str(error) == "node 1 failed first: global rank 3 (local rank 1) exited with code 1: ValueError: boom"
-    only_secondary = root_cause(parse_failures(b"0\tpeer-lost\tlost a peer\n"))
-    assert str(only_secondary) == "the control node (node 0) failed first: lost a peer"
-    assert root_cause(parse_failures(b"")) is None
+
+
+def test_every_backend_error_is_a_record_of_its_kind():
+    never = JoinTimeoutError("round 0 did not complete; missing nodes: 2, 3", [2, 3]).failure(0)
+    assert (never.kind, never.node_index) == (FailureKind.NODE_NEVER_ARRIVED, 2)
+    assert never.summary == "node 2 never arrived: round 0 did not complete; missing nodes: 2, 3"
+    refused = RestartAfterFinishError("its workers failed and it asked for a restart").failure(1)
+    assert (refused.kind, refused.node_index) == (FailureKind.RESTART_REFUSED, 1)
+    config = ConfigError("join_timeout='x' is not a number").failure(1)
+    assert (config.kind, config.summary) == (FailureKind.RENDEZVOUS, "ConfigError: join_timeout='x' is not a number")
+
+
+def test_the_outcome_file_carries_the_record(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "outcome.json"
+    monkeypatch.setenv("METAFLOW_RENDEZVOUS_OUTCOME_FILE", str(path))
+    record = Failure(FailureKind.KILLED, "", node_index=1, rank=3, local_rank=1, signal="SIGKILL",
+                     traceback_tail="Traceback ...\nValueError: boom")
+    report(record)
+    assert read_outcome(str(path)) == record
+    assert capsys.readouterr().err == f"{LINE_PREFIX}{record.summary}\n"
+    assert read_outcome(str(tmp_path / "missing.json")) is None
+    path.write_text("{}")
+    assert read_outcome(str(path)) is None

@@ -16,19 +16,9 @@ import metaflow  # noqa: F401 - first: the extension's modules import it, and it
 from harness.cards import rank_row as row, read_cards
 from harness.flow_runs import RunningFlow
 
-from metaflow_extensions.torchrun.plugins.job_card import _cell, _inline, _rank_table, _timeline
-from metaflow_extensions.torchrun.plugins.job_state import (
-    DONE,
-    FAILED,
-    RUNNING,
-    STOPPED,
-    JobState,
-    RankState,
-    Segment,
-    _failed_rank,
-)
-from metaflow_extensions.torchrun.plugins.command import plan_launch, parse_torchrun_args
-from metaflow_extensions.torchrun.plugins.program import Entrypoint
+from metaflow_extensions.torchrun.plugins.card.state import DONE, FAILED, RUNNING, STOPPED
+from metaflow_extensions.torchrun.plugins.launch.command import plan_launch, parse_torchrun_args
+from metaflow_extensions.torchrun.plugins.launch.program import Entrypoint
 
 
 # card_job.py's @card(refresh_interval=2): the lines interval of its status relay.
@@ -144,100 +134,11 @@ def _plan(tmp_path: Path, nproc: str = "2"):
     )
 
 
-def test_state_follows_lines_attempts_error_files_and_the_end(tmp_path):
-    state = JobState(1, _plan(tmp_path), node_index=0, num_nodes=2, settings=(),
-                     store_endpoint="h:1")
-    assert [r.rank for r in state.snapshot().ranks] == [0, 1, 2, 3]  # the whole job, up front
-    state.line("[rank1]: hello | world")
-    state.line("not a worker line")
-    attempt = tmp_path / "job-a0-c1_1_x" / "attempt_0"
-    for local in (0, 1):
-        (attempt / str(local)).mkdir(parents=True)
-    state.scan()
-    ranks = {r.rank: r for r in state.snapshot().ranks}
-    assert ranks[0].state == ranks[1].state == RUNNING
-    assert list(ranks[1].lines) == ["hello | world"]
-    # Node 1's ranks come from its payload; node 1's state only ever sends its own ranks.
-    other = JobState(1, _plan(tmp_path / "n1"), node_index=1, num_nodes=2, settings=(),
-                     store_endpoint="h:1")
-    other.line("[rank3]: from node 1")
-    payload = other.payload()
-    assert payload.state_changed  # rank 3 started
-    assert [r["rank"] for r in payload.data["ranks"]] == [2, 3]
-    assert other.payload() is None  # nothing new
-    other.line("[rank3]: another line")
-    assert other.payload().state_changed is False  # new lines alone
-    state.merge(json.loads(json.dumps(payload.data)))
-    assert {r.rank: r.state for r in state.snapshot().ranks}[3] == RUNNING
-    # Rank 1 fails: its error file makes it failed at once, and the end fails the call.
-    (attempt / "1" / "error.json").write_text(json.dumps({"message": {
-        "message": "ValueError: boom", "extraInfo": {"py_callstack": "Traceback\nValueError: boom",
-                                                     "timestamp": "1", "rank": "1"}}}))
-    state.scan()
-    assert {r.rank: r.state for r in state.snapshot().ranks}[1] == FAILED
-    from metaflow_extensions.torchrun.plugins.exceptions import TorchrunFailed
-
-    state.finish(1, TorchrunFailed("global rank 1 (node 0, local rank 1) failed with exit "
-                                   "code 1: ValueError: boom"))
-    final = {r.rank: r for r in state.snapshot().ranks}
-    assert final[1].state == FAILED and final[1].exit == "1"
-    assert final[1].error.endswith("ValueError: boom")
-    assert [final[rank].state for rank in (0, 2, 3)] == [STOPPED] * 3
-
-
-def test_a_restart_ends_the_attempt_as_restarted_or_failed(tmp_path):
-    state = JobState(1, _plan(tmp_path), node_index=1, num_nodes=2, settings=(),
-                     store_endpoint="h:1")
-    for attempt in (0, 1):
-        for local in (0, 1):
-            (tmp_path / "job-a0-c1_1_x" / f"attempt_{attempt}" / str(local)).mkdir(parents=True)
-        if attempt == 0:
-            state.scan()
-    # Local rank 1 failed attempt 0; the scan sees its error file and attempt 1 at once.
-    (tmp_path / "job-a0-c1_1_x" / "attempt_0" / "1" / "error.json").write_text(json.dumps(
-        {"message": {"message": "boom", "extraInfo": {"py_callstack": "RuntimeError: boom",
-                                                      "timestamp": "1", "rank": "3"}}}))
-    state.scan()
-    state.finish(0, None)
-    ranks = state.snapshot().ranks
-    assert [r.rank for r in ranks] == [2, 3] and all(r.restarts == 1 for r in ranks)
-    assert [s.outcome for s in ranks[0].segments] == ["restarted", DONE]
-    assert [s.outcome for s in ranks[1].segments] == [FAILED, DONE]
-    assert ranks[1].error == "RuntimeError: boom"
-
-
-def test_failure_summaries_name_the_rank_and_its_exit():
-    assert _failed_rank("node 1 failed first: global rank 3 (local rank 1) exited with code "
-                        "1: ValueError: x") == (3, "1")
-    assert _failed_rank("node 1 failed first: global rank 2 (local rank 0) was killed by "
-                        "SIGKILL") == (2, "SIGKILL")
-    assert _failed_rank("global rank 0 (node 0, local rank 0) failed with exit code 1: x") == (0, "1")
-    assert _failed_rank("JoinTimeoutError: nodes 1 missing") == (None, "")
-
-
-def test_markdown_cells_and_timeline_survive_odd_output():
-    assert _cell("a|b`c<d\ne") == "a\\|b\\`c&lt;d e"
-    assert _inline("rank_3 *x* <y>\n z") == "rank\\_3 \\*x\\* \\<y\\> z"
-    rank = RankState(0, 0, 0, state=RUNNING, lines=deque(["x | y"]),
-                     segments=[Segment(0, 100.0)])
-
-    class Snap:
-        ranks = (rank,)
-        started = 99.0
-        ended = None
-        rounds = ((100.0, 0),)
-
-    assert "x \\| y" in _rank_table(Snap, now=101.0)
-    bars = _timeline(Snap, now=102.0)["layer"][0]["data"]["values"]
-    assert bars == [{"rank": "rank 0 (node 0)", "order": 0, "start": 1.0, "end": 3.0,
-                     "state": RUNNING, "attempt": 0}]
-
-
 def test_without_a_card_there_is_no_section_and_no_thread(tmp_path):
     from rendezvous.topology import Topology
 
-    from metaflow_extensions.torchrun.plugins.job_card import JobCard
-    from metaflow_extensions.torchrun.plugins.step_settings import StepSettings
+    from metaflow_extensions.torchrun.plugins.card.live import JobCard
+    from metaflow_extensions.torchrun.plugins.launch.settings import StepSettings
 
     threads = threading.active_count()
     card = JobCard.for_call(1, _plan(tmp_path), Topology(0, 2, "127.0.0.1"),
@@ -251,7 +152,7 @@ def test_the_last_render_holds_sigint_until_it_is_done():
 
     import pytest
 
-    from metaflow_extensions.torchrun.plugins.job_card import _interrupts_deferred
+    from metaflow_extensions.torchrun.plugins.card.live import _interrupts_deferred
 
     done = []
     with pytest.raises(KeyboardInterrupt):
@@ -270,7 +171,7 @@ def test_the_task_finds_node_0s_store_where_the_backend_puts_it(monkeypatch):
     from torch.distributed.elastic.rendezvous import RendezvousParameters
 
     from rendezvous.endpoint import store_address
-    from rendezvous.handler import create_handler
+    from rendezvous._entry_point import create_handler
     from rendezvous.topology import Topology
 
     for declared in (None, 29400):

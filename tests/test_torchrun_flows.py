@@ -77,7 +77,7 @@ def test_raising_rank_is_named_with_its_traceback(flows):
     ), failure[:2000]
     traceback_text = failure[: failure.index("Per-rank logs of this node")]
     assert 'raise_rank.py", line' in traceback_text and "in check_batch" in traceback_text
-    assert "worker_bootstrap" not in traceback_text and "runpy" not in traceback_text
+    assert "bootstrap.py" not in traceback_text and "runpy" not in traceback_text
     # node 0's own error says which node and rank failed first, with that rank's traceback
     node0_error = (
         "torchrun failed:\nJobFailedError: node 1 failed first: global rank 3 (local rank 1) "
@@ -87,7 +87,7 @@ def test_raising_rank_is_named_with_its_traceback(flows):
     node0_traceback = out[out.index(node0_error):]
     node0_traceback = node0_traceback[: node0_traceback.index("Per-rank logs of this node")]
     assert 'raise_rank.py", line' in node0_traceback and "in check_batch" in node0_traceback
-    assert "worker_bootstrap" not in node0_traceback
+    assert "bootstrap.py" not in node0_traceback
     assert flows.live_processes() == []
 
 

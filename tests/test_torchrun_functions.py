@@ -11,10 +11,12 @@ import threading
 
 import pytest
 
-from metaflow_extensions.torchrun.plugins import worker_bootstrap
-from metaflow_extensions.torchrun.plugins.exceptions import TorchrunArgumentError
-from metaflow_extensions.torchrun.plugins.launcher import TorchrunResult, refuse_removed_options
-from metaflow_extensions.torchrun.plugins.program import (
+from metaflow_extensions.torchrun.plugins.worker import bootstrap as worker_bootstrap
+from metaflow_extensions.torchrun.plugins.errors import TorchrunArgumentError
+from metaflow_extensions.torchrun.plugins.worker.files import read_return_values
+from metaflow_extensions.torchrun.plugins.launch.launcher import refuse_removed_options
+from metaflow_extensions.torchrun.plugins.result import TorchrunResult
+from metaflow_extensions.torchrun.plugins.launch.program import (
     Entrypoint,
     function_call,
     resolve_entrypoint,
@@ -72,16 +74,19 @@ def test_function_entrypoints_on_two_nodes(flows):
 
     # a raising function is reported like a script: the rank, its traceback without our
     # frames; the other node names it and stops
+    # every node gets the same failure record, whichever node failed first
     raises = got(run, "raises")
-    assert raises[1]["summary"] == (
-        "global rank 3 (node 1, local rank 1) failed with exit code 1: "
-        "ValueError: bad value on rank 3"
-    )
-    assert "in raise_on_rank_three" in raises[1]["traceback"]
-    assert "worker_bootstrap" not in raises[1]["traceback"]
+    for node in (0, 1):
+        assert raises[node]["summary"] == (
+            "node 1 failed first: global rank 3 (local rank 1) exited with code 1: "
+            "ValueError: bad value on rank 3"
+        ), raises
+        assert raises[node]["record"] == {
+            "kind": "raised", "node_index": 1, "rank": 3, "local_rank": 1, "exit_code": 1,
+            "signal": None, "reason": "ValueError: bad value on rank 3"}, raises
+        assert "in raise_on_rank_three" in raises[node]["traceback"]  # node 0: carried by the record
+    assert "bootstrap.py" not in raises[1]["traceback"]
     assert "importlib" not in raises[1]["traceback"]
-    assert raises[0]["summary"].startswith("JobFailedError: node 1 failed first: global rank 3")
-    assert "in raise_on_rank_three" in raises[0]["traceback"]  # carried by the failure record
 
     # a value that does not pickle fails the run, naming the rank and the type
     unpicklable = got(run, "unpicklable")
@@ -116,7 +121,8 @@ def test_single_node_failure_names_the_rank(flows):
     run = flows.run("original_package.py", "--fail_rank", "1")
     assert run.returncode != 0
     start = "\n".join(run.task_lines("start"))
-    assert "global rank 1 (node 0, local rank 1) failed with exit code 1: ValueError: bad batch on rank 1" in start
+    assert ("the control node (node 0) failed first: global rank 1 (local rank 1) exited with code 1: "
+            "ValueError: bad batch on rank 1") in start
     assert 'raise_rank.py", line' in start
     assert not run.task_lines("train")
     assert flows.live_processes() == []
@@ -195,8 +201,8 @@ def test_return_values_come_from_the_last_attempt(tmp_path, monkeypatch):
         monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", attempt)
         monkeypatch.setenv("RANK", rank)
         worker_bootstrap.save_return_value(value, str(tmp_path))
-    assert worker_bootstrap.read_return_values(str(tmp_path)) == {2: "second", 3: [3]}
-    assert worker_bootstrap.read_return_values(str(tmp_path / "none")) == {}
+    assert read_return_values(str(tmp_path)) == {2: "second", 3: [3]}
+    assert read_return_values(str(tmp_path / "none")) == {}
     with pytest.raises(worker_bootstrap.ReturnValueError, match="rank 3 returned a value of type _thread.lock"):
         worker_bootstrap.save_return_value(threading.Lock(), str(tmp_path))
     result = TorchrunResult(0, 1.0, 0, "", {0: "zero", 1: "one"})

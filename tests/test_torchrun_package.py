@@ -11,8 +11,9 @@ from harness.flow_runs import REPO
 pytestmark = pytest.mark.timeout(300)
 
 BACKEND_FILES = sorted(path.name for path in (REPO / "rendezvous").glob("*.py"))
+EXTENSION_ROOT = REPO / "metaflow_extensions" / "torchrun"
 EXTENSION_FILES = sorted(
-    path.name for path in (REPO / "metaflow_extensions" / "torchrun" / "plugins").glob("*.py")
+    path.relative_to(EXTENSION_ROOT).as_posix() for path in EXTENSION_ROOT.rglob("*.py")
 )
 
 
@@ -27,7 +28,7 @@ def test_code_package_carries_the_backend_and_runs_it(flows, tmp_path):
     for name in BACKEND_FILES:
         assert f"{code_dir}/rendezvous/{name}" in names
     for name in EXTENSION_FILES:
-        assert f"{code_dir}/metaflow_extensions/torchrun/plugins/{name}" in names
+        assert f"{code_dir}/metaflow_extensions/torchrun/{name}" in names
     assert "workers/ranks.py" in names and "two_nodes.py" in names  # the flow's own directory
     # On a remote node `python -m rendezvous` must come from the package itself.
     node = tmp_path / "node"
@@ -62,7 +63,7 @@ def test_installed_package_registers_the_decorator(tmp_path):
     )
     assert install.returncode == 0, install.stderr[-3000:]
     for name in EXTENSION_FILES:
-        assert (target / "metaflow_extensions" / "torchrun" / "plugins" / name).is_file()
+        assert (target / "metaflow_extensions" / "torchrun" / name).is_file()
     assert not (target / "metaflow_extensions" / "__init__.py").exists()
     probe = subprocess.run(
         [sys.executable, "-c",

@@ -19,13 +19,13 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 from torch.distributed.run import get_args_parser
 
 from harness.flow_runs import FlowRunner, RunningFlow
-from metaflow_extensions.torchrun.plugins.command import (
+from metaflow_extensions.torchrun.plugins.launch.command import (
     parse_torchrun_args,
     plan_launch,
     resolve_nproc_per_node,
 )
-from metaflow_extensions.torchrun.plugins.exceptions import TorchrunArgumentError
-from metaflow_extensions.torchrun.plugins.program import entrypoint_argv
+from metaflow_extensions.torchrun.plugins.errors import TorchrunArgumentError
+from metaflow_extensions.torchrun.plugins.launch.program import entrypoint_argv
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -77,7 +77,7 @@ NPROC = st.one_of(
 
 RDZV_ID = "Flow-1-train-2-a0-c1"
 ENDPOINT = "127.0.0.1"
-BOOTSTRAP = "/ext/worker_bootstrap.py"
+BOOTSTRAP = "/ext/worker/bootstrap.py"
 ENTRY = ("script", "/flow/train.py", "/flow")
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from metaflow_extensions.torchrun.plugins import worker_bootstrap
-from metaflow_extensions.torchrun.plugins.command import (
+from metaflow_extensions.torchrun.plugins.worker import bootstrap as worker_bootstrap
+from metaflow_extensions.torchrun.plugins.launch.command import (
     LINE_PREFIX_TEMPLATE,
     MANAGED_FLAGS,
     parse_torchrun_args,
@@ -23,18 +23,19 @@ from metaflow_extensions.torchrun.plugins.command import (
     rendezvous_id,
     resolve_nproc_per_node,
 )
-from metaflow_extensions.torchrun.plugins.exceptions import (
+from metaflow_extensions.torchrun.plugins.errors import (
     TorchrunArgumentError,
     TorchrunNotEnabled,
 )
-from metaflow_extensions.torchrun.plugins.log_pump import LogPump
-from metaflow_extensions.torchrun.plugins.program import entrypoint_argv, resolve_entrypoint
-from metaflow_extensions.torchrun.plugins.step_settings import (
+from metaflow_extensions.torchrun.plugins.launch.log_pump import LogPump
+from metaflow_extensions.torchrun.plugins.launch.program import entrypoint_argv, resolve_entrypoint
+from metaflow_extensions.torchrun.plugins.worker.files import first_error
+from metaflow_extensions.torchrun.plugins.launch.settings import (
     _checked_port,
     _checked_timeout,
     _requested_gpus,
 )
-from rendezvous.outcome import LINE_PREFIX, OUTCOME_FILE_VAR, Outcome, read_outcome, report
+from rendezvous.failure import FailureKind
 from rendezvous.topology import Topology, read_topology
 from harness.processes import is_alive
 
@@ -204,7 +205,7 @@ def test_plan_builds_the_agent_command():
         flags=parse_torchrun_args(
             {"nproc_per_node": 2, "max_restarts": 1, "rdzv_conf": "heartbeat_timeout=30,join_timeout=5",
              "log_dir": "/data/logs"}),
-        bootstrap="/ext/worker_bootstrap.py",
+        bootstrap="/ext/worker/bootstrap.py",
         entry=("script", "/flow/train.py", "/flow"),
         program_args=["--epochs", "3"],
     )
@@ -214,7 +215,7 @@ def test_plan_builds_the_agent_command():
         "--rdzv-id=F-1-train-3-a0-c1", "--rdzv-endpoint=:29400",
         "--rdzv-conf=join_timeout=5,heartbeat_timeout=30",
         "--log-dir=/data/logs", "--tee=3",
-        "/ext/worker_bootstrap.py", "script", "/flow/train.py", "/flow", "--epochs", "3",
+        "/ext/worker/bootstrap.py", "script", "/flow/train.py", "/flow", "--epochs", "3",
     ]
     env = plan.environment({"PATH": "/bin"})
     assert env == {"PATH": "/bin", "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": LINE_PREFIX_TEMPLATE,
@@ -365,7 +366,7 @@ def test_bootstrap_records_an_uncaught_exception(tmp_path):
     assert record["extraInfo"]["rank"] == "5" and int(record["extraInfo"]["timestamp"]) > 0
     traceback_text = record["extraInfo"]["py_callstack"]
     assert traceback_text.startswith("Traceback (most recent call last):\n  File \"" + str(script))
-    assert "worker_bootstrap" not in traceback_text and "runpy" not in traceback_text
+    assert "bootstrap.py" not in traceback_text and "runpy" not in traceback_text
     assert done.stderr == traceback_text  # what the worker prints is the same clean traceback
 
 
@@ -422,7 +423,7 @@ def test_a_destroy_that_hangs_ends_the_worker_with_success_in_bounded_time(tmp_p
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent("""
             import sys, threading, types
-            import worker_bootstrap
+            import bootstrap as worker_bootstrap
             stuck = types.SimpleNamespace(is_available=lambda: True, is_initialized=lambda: True,
                                           destroy_process_group=threading.Event().wait)
             sys.modules["torch.distributed"] = stuck
@@ -442,7 +443,7 @@ def test_child_dies_with_its_parent(tmp_path):
     parent = subprocess.run(
         [sys.executable, "-c", textwrap.dedent("""
             import functools, os, signal, subprocess, sys
-            from worker_bootstrap import die_with_parent
+            from bootstrap import die_with_parent
             child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
                                      preexec_fn=functools.partial(die_with_parent, signal.SIGKILL, os.getpid()))
             print(child.pid)
@@ -466,31 +467,19 @@ def test_topology_environment_reads_back_as_the_same_topology():
         assert read_topology(topology.environment()) == topology
 
 
-def test_the_agent_outcome_reaches_the_launcher(tmp_path, monkeypatch, capsys):
-    path = tmp_path / "outcome.json"
-    assert read_outcome(str(path)) is None
-    monkeypatch.setenv(OUTCOME_FILE_VAR, str(path))
-    report("JobFailedError: node 1 failed first")
-    assert read_outcome(str(path)) == Outcome("JobFailedError: node 1 failed first", "")
-    assert capsys.readouterr().err == f"{LINE_PREFIX}JobFailedError: node 1 failed first\n"
-    # The failing rank's traceback goes to the launcher, not to the agent's last line.
-    report("JobFailedError: node 1 failed first", "Traceback ...\nValueError: boom")
-    assert read_outcome(str(path)).traceback_tail == "Traceback ...\nValueError: boom"
-    assert capsys.readouterr().err == f"{LINE_PREFIX}JobFailedError: node 1 failed first\n"
-
-
 def test_the_launcher_reads_the_error_files_the_bootstrap_writes(tmp_path, monkeypatch):
     attempt = tmp_path / "attempt_0"
     for local_rank in (0, 1):  # rank 0 first: its timestamp is never the later one
         (attempt / str(local_rank)).mkdir(parents=True)
         monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(attempt / str(local_rank) / "error.json"))
         monkeypatch.setenv("RANK", str(4 + local_rank))
-        worker_bootstrap._record_error(ValueError(f"bad {local_rank}"), f"trace {local_rank}")
+        worker_bootstrap.record_error(ValueError(f"bad {local_rank}"), f"trace {local_rank}")
     (attempt / "2").mkdir()
     (attempt / "2" / "error.json").write_text('{"written by": "the program"}')
-    assert worker_bootstrap.first_error(str(attempt)) == worker_bootstrap.WorkerError(
-        local_rank=0, rank="4", message="ValueError: bad 0", traceback="trace 0")
-    assert worker_bootstrap.first_error(str(tmp_path / "attempt_1")) is None
+    first = first_error(str(attempt), node_index=2)
+    assert (first.kind, first.node_index, first.rank, first.local_rank) == (FailureKind.RAISED, 2, 4, 0)
+    assert (first.exit_code, first.message, first.traceback_tail) == (1, "ValueError: bad 0", "trace 0")
+    assert first_error(str(tmp_path / "attempt_1"), node_index=2) is None
     # in one second, the file written first wins: local rank 1's, made older here
     for local_rank, written in ((0, 2_000), (1, 1_000)):
         path = attempt / str(local_rank) / "error.json"
@@ -498,4 +487,4 @@ def test_the_launcher_reads_the_error_files_the_bootstrap_writes(tmp_path, monke
         data["message"]["extraInfo"]["timestamp"] = "7"
         path.write_text(json.dumps(data))
         os.utime(path, ns=(written, written))
-    assert worker_bootstrap.first_error(str(attempt)).local_rank == 1
+    assert first_error(str(attempt), node_index=2).local_rank == 1

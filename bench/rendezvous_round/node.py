@@ -9,7 +9,7 @@ from typing import Dict
 from torch.distributed.elastic.rendezvous import RendezvousParameters
 from torch.distributed.elastic.rendezvous.registry import get_rendezvous_handler
 
-from metaflow_extensions.torchrun.plugins.worker_bootstrap import die_with_parent
+from metaflow_extensions.torchrun.plugins.worker.bootstrap import die_with_parent
 from rendezvous.topology import Topology
 
 from bench.store_ports import LOOPBACK

@@ -25,7 +25,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Callable, Dict, List
 
-from metaflow_extensions.torchrun.plugins.worker_bootstrap import die_with_parent
+from metaflow_extensions.torchrun.plugins.worker.bootstrap import die_with_parent
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 from torch.distributed.elastic.rendezvous import RendezvousHandler, RendezvousParameters
 from torch.distributed.elastic.rendezvous.registry import get_rendezvous_handler

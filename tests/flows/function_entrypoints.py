@@ -63,10 +63,8 @@ class FunctionEntrypointsFlow(FlowSpec):
     @torchrun
     @step
     def train(self):
-        from metaflow_extensions.torchrun.plugins.exceptions import (
-            TorchrunArgumentError,
-            TorchrunFailed,
-        )
+        from metaflow import TorchrunFailed
+        from metaflow_extensions.torchrun.plugins.errors import TorchrunArgumentError
 
         node = current.parallel.node_index
         result = current.torch.run(entrypoint=all_reduce_rank, nproc_per_node=2,
@@ -90,7 +88,10 @@ class FunctionEntrypointsFlow(FlowSpec):
                 show(case, "NOT FAILED")
             except TorchrunFailed as failure:
                 show(case, {"node": node, "summary": failure.summary,
-                            "traceback": failure.traceback_tail})
+                            "traceback": failure.traceback_tail,
+                            "record": {name: getattr(failure, name) for name in (
+                                "kind", "node_index", "rank", "local_rank", "exit_code",
+                                "signal", "reason")}})
 
         refused = {}
         for case, kwargs in (

@@ -168,10 +168,10 @@ class FlowRunner:
         return [pid for pid, argv in self.command_lines().items() if all(n in argv for n in needles)]
 
     def workers(self) -> List[int]:
-        """The torchrun workers: ``python -u worker_bootstrap.py ...``."""
+        """The torchrun workers: ``python -u .../worker/bootstrap.py ...``."""
         return [
             pid for pid, argv in self.command_lines().items()
-            if len(argv) > 2 and argv[2].endswith(b"worker_bootstrap.py")
+            if len(argv) > 2 and argv[2].endswith(b"/worker/bootstrap.py")
         ]
 
     def agents(self) -> Dict[int, int]:

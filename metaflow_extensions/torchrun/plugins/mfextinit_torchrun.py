@@ -4,4 +4,4 @@ Metaflow imports this module on every ``import metaflow``, so nothing here (or i
 the decorator module it names) may import torch.
 """
 
-STEP_DECORATORS_DESC = [("torchrun", ".torchrun_decorator.TorchrunDecorator")]
+STEP_DECORATORS_DESC = [("torchrun", ".decorator.TorchrunDecorator")]

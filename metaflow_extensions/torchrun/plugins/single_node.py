@@ -14,10 +14,10 @@ import sys
 from typing import TYPE_CHECKING, Dict
 
 if TYPE_CHECKING:
-    from .command import NprocSpec
-    from .launcher import TorchrunLauncher, TorchrunResult
-    from .program import ArgsSpec, EntrypointSpec
-    from .step_settings import TaskIdentity
+    from .launch.command import NprocSpec
+    from .launch.launcher import TorchrunLauncher, TorchrunResult
+    from .launch.program import ArgsSpec, EntrypointSpec
+    from .launch.settings import TaskIdentity
 
 # The default of @torchrun(all_nodes_started_timeout): one node joins at once,
 # but a slow machine may take a while to start the agent.
@@ -75,9 +75,9 @@ def _task_launcher() -> "TorchrunLauncher":
     from metaflow import current
     from rendezvous.topology import Topology
 
-    from .exceptions import TorchrunArgumentError
-    from .launcher import TorchrunLauncher
-    from .step_settings import StepSettings, TaskIdentity
+    from .errors import TorchrunArgumentError
+    from .launch.launcher import TorchrunLauncher
+    from .launch.settings import StepSettings, TaskIdentity
 
     if not current.is_running_flow:
         raise TorchrunArgumentError(

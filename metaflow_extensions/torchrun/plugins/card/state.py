@@ -1,12 +1,14 @@
 """The per-rank state of one ``current.torch.run`` call, as this task sees it.
 
 One ``JobState`` per call, made only when the step has a card (see
-``job_card``). The launcher feeds it: every worker line the log pump copies
+``card.live``). The launcher feeds it: every worker line the log pump copies
 (``line``), this node's attempt directories and error files (``scan``, which
-reads them through ``post_mortem`` and ``worker_bootstrap``), and how the
-agent ended (``finish``). The other nodes' ranks come in as the payloads their
-own ``JobState.payload`` made (``merge``), carried through node 0's store by
-``status_exchange``. Readers take a consistent copy with ``snapshot``.
+reads them through ``worker.files``), and how the agent ended (``finish``,
+with the failure record). The other nodes' ranks come in as the payloads
+their own ``JobState.payload`` made (``merge``), carried through node 0's
+store by ``card.exchange``. Readers take a consistent copy with ``snapshot``.
+Nothing here imports Metaflow: the card's rendering (``card.render``) and this
+model are tested without it.
 
 Times are wall-clock seconds (``time.time()``), so that the ranks of different
 nodes share one time axis on node 0's card.
@@ -20,12 +22,9 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Deque, Dict, List, NamedTuple, Optional, Set, Tuple
 
-from rendezvous.outcome import traceback_tail
+from rendezvous.failure import Failure
 
-from . import post_mortem
-from .command import LaunchPlan, whole_number
-from .exceptions import TorchrunFailed
-from .worker_bootstrap import attempt_number, first_error
+from ..worker.files import attempt_dirs, attempt_number, first_error
 
 STARTING = "starting"
 RUNNING = "running"
@@ -40,16 +39,9 @@ RESTARTED = "restarted"
 LAST_LINES = 5
 # A line longer than this is cut for the card (the task's log has it whole).
 _LINE_CHARS = 200
-# "[rank3]: text": the prefix command.LINE_PREFIX_TEMPLATE gives worker lines.
+# "[rank3]: text": the prefix launch.command.LINE_PREFIX_TEMPLATE gives torch's
+# log tailer for worker lines (torch writes the prefix, the program the text).
 _RANK_LINE = re.compile(r"^\[rank(\d+)\]: ?(.*)$", re.DOTALL)
-# The failing rank in a failure summary, as rendezvous.failures.describe_failure
-# ("global rank 3 (local rank 1) exited with code 1: ...") and
-# post_mortem.failure ("global rank 3 (node 1, local rank 1) failed with exit
-# code 1: ...") write it.
-_FAILED_RANK = re.compile(
-    r"global rank (\d+) \([^)]*\) (?:exited with code (-?\d+)|was killed by (\w+)"
-    r"|failed with exit code (-?\d+))"
-)
 
 
 @dataclass
@@ -146,25 +138,47 @@ class Payload(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """A consistent copy of a ``JobState`` for a reader (the card).
+class CallLayout:
+    """What the card knows of a call before it starts, from its launch plan.
 
-    ``ranks`` are sorted by global rank; ``failure`` is the call's error once
-    it failed; ``rounds`` are ``(wall time, attempt)`` of this node's attempts.
+    ``nproc`` is the number of processes per node when it is known up front
+    (None for "auto", which the first attempt's directories tell);
+    ``nproc_per_node`` is the setting as torchrun got it.
     """
 
     call: int
-    plan: LaunchPlan
     node_index: int
     num_nodes: int
+    nproc_per_node: str
+    nproc: Optional[int]
+    rdzv_id: str
+    log_dir: str
+
+
+def exit_text(failure: Failure) -> str:
+    """A failed rank's exit as the card shows it: its code, or the signal's name."""
+    if failure.signal:
+        return failure.signal
+    return "" if failure.exit_code is None else str(failure.exit_code)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A consistent copy of a ``JobState`` for a reader (the card).
+
+    ``ranks`` are sorted by global rank; ``failure`` is the record of what
+    failed first once the call failed; ``rounds`` are ``(wall time, attempt)``
+    of this node's attempts.
+    """
+
+    layout: CallLayout
     settings: Tuple[Tuple[str, str], ...]
     store_endpoint: str
     started: float
     ended: Optional[float]
     ranks: Tuple[RankState, ...]
     rounds: Tuple[Tuple[float, int], ...]
-    failure: Optional[TorchrunFailed]
-    failed_rank: Optional[int]
+    failure: Optional[Failure]
     version: int
 
 
@@ -176,9 +190,7 @@ class JobState:
     ``version`` grows with every change, so readers can skip unchanged states.
 
     Args:
-        call: the call's number in the task (1 for the first).
-        plan: the call's launch plan (layout, log directory).
-        node_index, num_nodes: this node and the job's size.
+        layout: the call, this node, the job's size, where its logs go.
         settings: ``(name, value)`` of the settings in effect, for people.
         store_endpoint: ``host:port`` of node 0's store, once known
             (``set_store_endpoint``), else as given to torchrun.
@@ -186,17 +198,12 @@ class JobState:
 
     def __init__(
         self,
-        call: int,
-        plan: LaunchPlan,
-        node_index: int,
-        num_nodes: int,
+        layout: CallLayout,
         settings: Tuple[Tuple[str, str], ...],
         store_endpoint: str,
     ):
-        self._call = call
-        self._plan = plan
-        self._node = node_index
-        self._num_nodes = num_nodes
+        self._layout = layout
+        self._node = node_index = layout.node_index
         self._settings = settings
         self._store_endpoint = store_endpoint
         self._lock = threading.Lock()
@@ -205,19 +212,18 @@ class JobState:
         self._ranks: Dict[int, RankState] = {}
         self._rounds: List[Tuple[float, int]] = []
         self._failed_attempts: Set[int] = set()  # attempts whose error file was read
-        self._failure: Optional[TorchrunFailed] = None
-        self._failed_rank: Optional[int] = None
+        self._failure: Optional[Failure] = None
         self._version = 0
         # Changes of a rank's state (not only of its lines), which the other
         # nodes' payloads carry at once.
         self._state_version = 0
         self._payload_versions = (-1, -1)
-        nproc = whole_number(plan.nproc_per_node)
+        nproc = layout.nproc
         if nproc is not None:
             # Every node runs the same number of processes and torchrun gives
             # node i the global ranks i*nproc .. i*nproc+nproc-1 (the backend's
             # group rank is the node index): the whole job is known up front.
-            for node in range(num_nodes) if node_index == 0 else [node_index]:
+            for node in range(layout.num_nodes) if node_index == 0 else [node_index]:
                 for local in range(nproc):
                     rank = node * nproc + local
                     self._ranks[rank] = RankState(rank, local, node)
@@ -261,7 +267,7 @@ class JobState:
         An attempt's error file names the rank that failed it: its segment of
         that attempt failed, also when a restart began the next attempt since.
         """
-        attempts = post_mortem.attempt_dirs(self._plan)
+        attempts = attempt_dirs(self._layout.log_dir, self._layout.rdzv_id)
         now = time.time()
         with self._lock:
             changed = False
@@ -279,23 +285,22 @@ class JobState:
                             state._start_attempt(attempt, now)
                     changed = True
                 if attempt not in self._failed_attempts:
-                    error = first_error(attempt_dir)
+                    error = first_error(attempt_dir, self._node)
                     if error is not None:
                         self._failed_attempts.add(attempt)
                         state = self._local_rank_state(error.local_rank)
-                        state._fail_attempt(attempt, now,
-                                            traceback_tail(error.traceback or error.message))
+                        state._fail_attempt(attempt, now, error.traceback_tail)
                         changed = True
             if changed:
                 self._version += 1
                 self._state_version += 1
 
-    def finish(self, returncode: int, failure: Optional[TorchrunFailed]) -> None:
+    def finish(self, failure: Optional[Failure]) -> None:
         """The agent ended, and with it every rank this state knows.
 
-        After a success every rank is done (on node 0: of every node); after a
-        failure the rank the failure names failed, and the others that still
-        ran were stopped.
+        After a success (``failure`` None) every rank is done (on node 0: of
+        every node); after a failure the rank its record names failed, and the
+        others that still ran were stopped.
         """
         self.scan()
         now = time.time()
@@ -309,11 +314,10 @@ class JobState:
                     if state.node == self._node or self._node == 0:
                         state._end(DONE, now, "0")
             else:
-                self._failed_rank, exit_text = _failed_rank(failure.summary)
                 for state in self._ranks.values():
-                    if state.rank == self._failed_rank and state.state != FAILED:
+                    if is_failing_rank(state, failure) and state.state != FAILED:
                         state.error = state.error or failure.traceback_tail or failure.summary
-                        state._end(FAILED, now, exit_text)
+                        state._end(FAILED, now, exit_text(failure))
                     elif state.state in (STARTING, RUNNING):
                         # Its agent stopped it, or (a rank of another node
                         # whose last word did not reach us) the job ended it.
@@ -361,11 +365,10 @@ class JobState:
                 for _, s in sorted(self._ranks.items())
             )
             return Snapshot(
-                call=self._call, plan=self._plan, node_index=self._node,
-                num_nodes=self._num_nodes, settings=self._settings,
+                layout=self._layout, settings=self._settings,
                 store_endpoint=self._store_endpoint, started=self._started, ended=self._ended,
                 ranks=ranks, rounds=tuple(self._rounds), failure=self._failure,
-                failed_rank=self._failed_rank, version=self._version,
+                version=self._version,
             )
 
     def _local_rank_state(self, local: int) -> RankState:
@@ -388,10 +391,9 @@ def _local_ranks(attempt_dir: str) -> List[int]:
     return sorted(int(name) for name in names if name.isdigit())
 
 
-def _failed_rank(summary: str) -> Tuple[Optional[int], str]:
-    """The global rank a failure summary names first, and its exit code or signal."""
-    match = _FAILED_RANK.search(summary)
-    if match is None:
-        return None, ""
-    code = match.group(2) or match.group(4)
-    return int(match.group(1)), code if code is not None else (match.group(3) or "")
+def is_failing_rank(state: RankState, failure: Failure) -> bool:
+    """Whether ``failure`` names this rank: by global rank, else by node and local rank."""
+    if failure.rank is not None:
+        return state.rank == failure.rank
+    return (failure.local_rank is not None and state.node == failure.node_index
+            and state.local_rank == failure.local_rank)

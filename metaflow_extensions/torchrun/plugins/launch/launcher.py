@@ -5,7 +5,7 @@ arguments; each starts one agent, ``python -m rendezvous`` (torchrun with the
 ``metaflow`` backend), and the backend forms the job from the Metaflow nodes.
 This module plans the call (``command``), starts and supervises the agent, and
 leaves the reading of a failure to ``post_mortem``. With ``@card`` on the step,
-each call also feeds its section of the card (``job_card``).
+each call also feeds its section of the card (``card.live``).
 """
 
 import functools
@@ -15,17 +15,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Dict, List, Mapping, Optional
 
+from rendezvous.failure import Failure, FailureKind
 from rendezvous.outcome import OUTCOME_FILE_VAR, read_outcome
 from rendezvous.topology import Topology, read_topology
 
-from . import post_mortem, worker_bootstrap
+from ..card.live import JobCard
+from ..errors import TorchrunArgumentError, TorchrunFailed
+from ..result import TorchrunResult
+from ..worker import bootstrap
+from ..worker.files import attempt_dirs, read_return_values
+from . import post_mortem
 from .command import LaunchPlan, NprocSpec, parse_torchrun_args, plan_launch, resolve_nproc_per_node
-from .exceptions import TorchrunArgumentError, TorchrunFailed
-from .job_card import JobCard
-from .local_nodes import LocalNodes, NodeFailure
+from .local_nodes import LocalNodes
 from .log_pump import LogPump
 from .program import (
     FUNCTION,
@@ -36,7 +40,7 @@ from .program import (
     function_call,
     resolve_entrypoint,
 )
-from .step_settings import StepSettings, TaskIdentity
+from .settings import StepSettings, TaskIdentity
 
 _POLL_SECONDS = 0.1
 # After another local node died, how long the agent may take to stop on its own:
@@ -47,34 +51,6 @@ _PEER_GRACE_SECONDS = 5.0
 # torch gives workers 30 s to stop after SIGTERM, and node 0 waits up to 5 s for
 # the other nodes to close the rendezvous; past that the agent is killed.
 _AGENT_STOP_GRACE_SECONDS = 40.0
-
-
-@dataclass(frozen=True)
-class TorchrunResult:
-    """What ``current.torch.run`` returns when every rank of every node succeeded.
-
-    Attributes:
-        exit_code: exit code of this node's torchrun agent (0).
-        wall_time: seconds from starting the agent to its exit, on this node.
-        restarts: how many times the workers were restarted in new rendezvous
-            rounds on this node (``--max-restarts`` allows them).
-        log_dir: directory with this node's per-rank logs:
-            ``<rdzv id>_*/attempt_<n>/<local rank>/{stdout,stderr}.log``.
-        return_values: for a function entrypoint, ``{global rank: returned
-            value}`` of the ranks that ran on this node, from the attempt that
-            succeeded; empty for a script or module.
-    """
-
-    exit_code: int
-    wall_time: float
-    restarts: int
-    log_dir: str
-    return_values: Dict[int, Any] = field(default_factory=dict)
-
-    @property
-    def value(self) -> Any:
-        """What global rank 0 returned, on the node that ran it (node 0); None elsewhere."""
-        return self.return_values.get(0)
 
 
 # Arguments of the original metaflow-torchrun's run(), which it checked and then
@@ -242,7 +218,7 @@ class TorchrunLauncher:
                     f"node-{topology.node_index}",
                 ),
                 flags=flags,
-                bootstrap=os.path.abspath(worker_bootstrap.__file__),
+                bootstrap=os.path.abspath(bootstrap.__file__),
                 entry=entry,
                 program_args=program_args,
             )
@@ -282,14 +258,14 @@ class TorchrunLauncher:
             stderr=subprocess.PIPE,
             # The agent stops its workers on SIGTERM; it gets one if this task dies.
             preexec_fn=functools.partial(
-                worker_bootstrap.die_with_parent, signal.SIGTERM, os.getpid()
+                bootstrap.die_with_parent, signal.SIGTERM, os.getpid()
             ),
         )
         pump = LogPump([agent.stdout, agent.stderr], [sys.stdout, sys.stderr],
                        on_line=card.line if card is not None else None).start()
         if card is not None:
             card.start(agent_running=lambda: agent.poll() is None)
-        peer_failure: Optional[NodeFailure] = None
+        peer_failure: Optional[Failure] = None
         stop_at = float("inf")
         stopped_for_peer = False
         try:
@@ -323,28 +299,29 @@ class TorchrunLauncher:
                 plan, topology.node_index, returncode, backend_outcome, agent_stderr, peer_failure
             )
             if card is not None:
-                card.finish(returncode, failure)
+                card.finish(failure)
             raise failure
         if card is not None:
-            card.finish(returncode, None)
+            card.finish(None)
         return TorchrunResult(
             exit_code=returncode,
             wall_time=wall_time,
-            restarts=max(0, len(post_mortem.attempt_dirs(plan)) - 1),
+            restarts=max(0, len(attempt_dirs(plan.log_dir, plan.rdzv_id)) - 1),
             log_dir=plan.log_dir,
         )
 
 
 def _return_values(results_dir: str, plan: LaunchPlan) -> Dict[int, Any]:
     try:
-        return worker_bootstrap.read_return_values(results_dir)
+        return read_return_values(results_dir)
     except Exception as error:  # unpickling raises whatever the value's classes raise
-        raise TorchrunFailed(
+        unpickled = Failure(
+            FailureKind.RAISED,
             f"every rank succeeded, but a return value cannot be unpickled in this task: "
             f"{type(error).__name__}: {error}. Return values whose classes this task can "
             f"import (numbers, strings, lists, dicts, tensors).",
-            log_dir=plan.log_dir,
-        ) from None
+        )
+        raise TorchrunFailed(unpickled, log_dir=plan.log_dir) from None
 
 
 def _read_topology() -> Topology:
@@ -362,5 +339,5 @@ def _stop(agent: subprocess.Popen) -> None:
     try:
         agent.wait(_AGENT_STOP_GRACE_SECONDS)
     except subprocess.TimeoutExpired:
-        agent.kill()  # its workers die with it (worker_bootstrap.die_with_parent)
+        agent.kill()  # its workers die with it (bootstrap.die_with_parent)
         agent.wait()

@@ -9,10 +9,9 @@ import math
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
-from metaflow.plugins.aws.aws_utils import compute_resource_attributes
-
 from .command import check_nproc_per_node, rendezvous_id, whole_number
-from .exceptions import TorchrunArgumentError
+from ..errors import TorchrunArgumentError
+from ..metaflow_compat import merged_resource_attributes
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ def _requested_gpus(decorators: Sequence[object]) -> int:
     """GPUs per node requested through @resources, @kubernetes or @batch (0 if none)."""
     compute = [deco for deco in decorators if deco.name in ("kubernetes", "batch")]
     if compute:
-        gpu = compute_resource_attributes(decorators, compute[0], {"gpu": "0"}).get("gpu")
+        gpu = merged_resource_attributes(decorators, compute[0], {"gpu": "0"}).get("gpu")
     else:
         gpu = next(
             (deco.attributes.get("gpu") for deco in decorators if deco.name == "resources"), None

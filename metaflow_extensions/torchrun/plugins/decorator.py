@@ -12,14 +12,13 @@ import os
 import signal
 from typing import TYPE_CHECKING, Optional
 
-from metaflow.metaflow_current import Current, current
 from metaflow.plugins.parallel_decorator import ParallelDecorator
 from metaflow.unbounded_foreach import UBF_CONTROL
 
-from .worker_bootstrap import die_with_parent
+from .worker.bootstrap import die_with_parent
 
 if TYPE_CHECKING:
-    from .local_nodes import LocalNodes
+    from .launch.local_nodes import LocalNodes
 
 
 class TorchrunDecorator(ParallelDecorator):
@@ -50,7 +49,7 @@ class TorchrunDecorator(ParallelDecorator):
 
     MF Add To Current
     -----------------
-    torch -> metaflow_extensions.torchrun.plugins.launcher.TorchrunLauncher
+    torch -> metaflow_extensions.torchrun.plugins.launch.launcher.TorchrunLauncher
         Starts this node's share of a torchrun job. Use
         `current.torch.run(entrypoint="train.py", entrypoint_args={"epochs": 3})`
         on every node; it returns a `TorchrunResult` or raises `TorchrunFailed`.
@@ -70,13 +69,13 @@ class TorchrunDecorator(ParallelDecorator):
 
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
         super().step_init(flow, graph, step_name, decorators, environment, flow_datastore, logger)
-        from .step_settings import StepSettings
+        from .launch.settings import StepSettings
+        from .metaflow_compat import default_current_property
 
         # Every task of the flow initializes every step's decorators: from here
         # on, current.torch explains itself in the steps without @torchrun. The
-        # launcher replaces it (current._update_env) in the steps with it.
-        if "torch" not in vars(Current):
-            Current.torch = property(_current_torch_outside_torchrun)
+        # launcher replaces it in the steps with it.
+        default_current_property("torch", _current_torch_outside_torchrun)
 
         self._flow_dir = os.path.dirname(os.path.abspath(inspect.getfile(type(flow))))
         self._settings = StepSettings.from_attributes(self.attributes, decorators)
@@ -85,7 +84,7 @@ class TorchrunDecorator(ParallelDecorator):
                       retry_count, max_user_code_retries, ubf_context, inputs):
         super().task_pre_step(step_name, task_datastore, metadata, run_id, task_id, flow, graph,
                               retry_count, max_user_code_retries, ubf_context, inputs)
-        from .step_settings import TaskIdentity
+        from .launch.settings import TaskIdentity
 
         self._task = TaskIdentity(flow.name, str(run_id), step_name, str(task_id), int(retry_count))
 
@@ -111,10 +110,10 @@ class TorchrunDecorator(ParallelDecorator):
     def _run_local_control_task(self, flow, step_func, retry_count: int) -> None:
         """Node 0 of a local run: start the other nodes, run this node's step, wait for them.
 
-        In place of Metaflow's launcher of the other nodes (see local_nodes); the
+        In place of Metaflow's launcher of the other nodes (see launch.local_nodes); the
         nodes stop when this step ends, however it ends.
         """
-        from .local_nodes import LocalNodes
+        from .launch.local_nodes import LocalNodes
 
         with LocalNodes() as local_nodes:
             local_nodes.start(flow, retry_count, ",".join(self.input_paths))
@@ -123,10 +122,11 @@ class TorchrunDecorator(ParallelDecorator):
             local_nodes.wait()
 
     def _set_current_torch(self, local_nodes: Optional["LocalNodes"]) -> None:
-        from .launcher import TorchrunLauncher
+        from .launch.launcher import TorchrunLauncher
+        from .metaflow_compat import add_to_current
 
         launcher = TorchrunLauncher(self._task, self._flow_dir, self._settings, local_nodes)
-        current._update_env({"torch": launcher})
+        add_to_current("torch", launcher)
 
     def add_to_package(self):
         # Remote nodes run `python -m rendezvous`, and a code package carries
@@ -143,8 +143,8 @@ class TorchrunDecorator(ParallelDecorator):
                 yield os.path.join(root, name), f"rendezvous/{name}", ContentType.CODE_CONTENT
 
 
-def _current_torch_outside_torchrun(_: Current):
-    from .exceptions import TorchrunNotEnabled
+def _current_torch_outside_torchrun(_: object):
+    from .errors import TorchrunNotEnabled
 
     raise TorchrunNotEnabled(
         "current.torch exists only in steps decorated with @torchrun: add @torchrun above "

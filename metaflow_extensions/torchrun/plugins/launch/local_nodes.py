@@ -15,17 +15,17 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from typing import List, Optional
 
 from metaflow import current
-from metaflow.cli_args import cli_args
 from metaflow.unbounded_foreach import UBF_TASK
 
+from rendezvous.failure import Failure, FailureKind
 from rendezvous.topology import Topology
 
-from .exceptions import TorchrunFailed
-from .worker_bootstrap import die_with_parent
+from ..errors import TorchrunFailed
+from ..metaflow_compat import num_parallel, set_parallel_task_paths, step_command
+from ..worker.bootstrap import die_with_parent
 
 _POLL_SECONDS = 0.1
 # A node that is asked to stop (SIGINT) stops its own torchrun agent first,
@@ -33,14 +33,6 @@ _POLL_SECONDS = 0.1
 _NODE_STOP_GRACE_SECONDS = 45.0
 # Every node of a local run is on this machine.
 _MAIN_IP = "127.0.0.1"
-
-
-@dataclass(frozen=True)
-class NodeFailure:
-    """Another node of a local run that ended with an error while node 0 was running."""
-
-    node_index: int
-    summary: str
 
 
 class LocalNode:
@@ -55,7 +47,8 @@ class LocalNode:
             preexec_fn=functools.partial(die_with_parent, signal.SIGTERM, os.getpid()),
         )
 
-    def failure(self) -> Optional[NodeFailure]:
+    def failure(self) -> Optional[Failure]:
+        """The record of this node's task if it ended with an error, else None."""
         code = self.process.poll()
         if not code:
             return None
@@ -63,10 +56,11 @@ class LocalNode:
             how = f"was killed by {signal.Signals(-code).name}"
         else:
             how = f"exited with code {code}"
-        return NodeFailure(
-            self.node_index,
-            f"node {self.node_index} (task {self.task_id}) {how} while node 0 was running; "
-            f"its output is in this task's log above.",
+        return Failure(
+            FailureKind.NODE_LOST,
+            f"its task {self.task_id} {how} while node 0 was running; its output is in "
+            f"this task's log above.",
+            node_index=self.node_index,
         )
 
 
@@ -94,14 +88,13 @@ class LocalNodes:
         that the join step reads.
         """
         control_task_id = str(current.task_id)
-        topology = Topology(0, flow._parallel_ubf_iter.num_parallel, _MAIN_IP, control_task_id)
+        topology = Topology(0, num_parallel(flow), _MAIN_IP, control_task_id)
         os.environ.update(topology.environment())
         task_ids = [control_task_id]
         for node_index in range(1, topology.num_nodes):
             task_id = f"{control_task_id}_node_{node_index}"
             task_ids.append(task_id)
             step_kwargs = dict(
-                cli_args.step_kwargs,
                 split_index=str(node_index),
                 run_id=current.run_id,
                 task_id=task_id,
@@ -109,18 +102,16 @@ class LocalNodes:
                 ubf_context=UBF_TASK,
                 retry_count=str(retry_count),
             )
-            command = cli_args.step_command(
-                sys.executable, sys.argv[0], current.step_name, step_kwargs=step_kwargs
-            )
+            command = step_command(sys.executable, sys.argv[0], current.step_name, step_kwargs)
             node = dataclasses.replace(topology, node_index=node_index)
             env = dict(os.environ, **node.environment())
             self.nodes.append(LocalNode(node_index, task_id, command, env))
         # The join step finds every node's task through this list.
-        flow._control_mapper_tasks = [
-            f"{current.run_id}/{current.step_name}/{task_id}" for task_id in task_ids
-        ]
+        set_parallel_task_paths(
+            flow, [f"{current.run_id}/{current.step_name}/{task_id}" for task_id in task_ids]
+        )
 
-    def failure(self) -> Optional[NodeFailure]:
+    def failure(self) -> Optional[Failure]:
         """The first node found dead with an error, or None."""
         for node in self.nodes:
             failure = node.failure()
@@ -138,7 +129,7 @@ class LocalNodes:
     def _raise_if_failed(self) -> None:
         failure = self.failure()
         if failure is not None:
-            raise TorchrunFailed(failure.summary, node_index=failure.node_index)
+            raise TorchrunFailed(failure)
 
     def stop(self) -> None:
         """Interrupt the nodes still running (they stop their agents), kill them if they hang."""

@@ -1,9 +1,9 @@
 """The card's traffic with node 0's store, in a child process of the task.
 
-``status_exchange`` runs this file by its path (torch and the standard library
-only, like ``worker_bootstrap``) for a step with a card on more than one node:
+``card.exchange`` runs this file by its path (torch and the standard library
+only, like ``worker.bootstrap``) for a step with a card on more than one node:
 
-    python -u status_relay.py HOST PORT RUN_ID NUM_NODES NODE_INDEX LINES_SECONDS
+    python -u relay.py HOST PORT RUN_ID NUM_NODES NODE_INDEX LINES_SECONDS
 
 Why a child process: node 0's store lives in node 0's torchrun agent and goes
 away when the job ends, at a moment no task can foresee; every TCPStore call

@@ -1,6 +1,6 @@
 """Runs a user's torchrun program, unchanged, inside each worker process.
 
-torchrun starts ``python -u worker_bootstrap.py KIND TARGET SEARCH_DIR ARGS...``
+torchrun starts ``python -u bootstrap.py KIND TARGET SEARCH_DIR ARGS...``
 where KIND is ``script`` (TARGET is a file), ``module`` (TARGET is a dotted
 name found from SEARCH_DIR) or ``function`` (TARGET is ``module:qualname``,
 ARGS are the file of its pickled arguments and the directory for its return
@@ -15,10 +15,10 @@ value). The bootstrap
   ``python TARGET ARGS`` or ``python -m TARGET ARGS`` would set them; or
   imports a function's module from SEARCH_DIR, calls the function once with
   its arguments and saves what it returned, pickled (``save_return_value``;
-  ``read_return_values`` reads the values back for the launcher);
+  ``worker.files`` reads the values back for the task);
 - on an uncaught exception, writes torchelastic's error file (so the agent and
-  the other nodes can name the failing rank and its error; ``first_error``
-  reads it back for the launcher), prints the traceback without the
+  the other nodes can name the failing rank and its error; ``worker.files``
+  reads it back for the task), prints the traceback without the
   bootstrap's own frames, and exits with code 1 as Python does;
 - after the program succeeded (it returned, or exited with code 0), destroys
   the process groups it left initialized, runs its exit hooks and exits with
@@ -26,13 +26,14 @@ value). The bootstrap
   there (``terminate called without an active exception``, SIGABRT) although
   all its work is done. See ``exit_after_success``.
 
-This file is run by path in the worker and imported by the launcher, so it
-uses the standard library only and must stay importable without Metaflow.
+This file is run by path in the worker, and imported by the task for
+``die_with_parent`` and the layout of what it writes: it uses the standard
+library only, imports nothing of ours (a user's module may share a name with
+one of our packages) and must stay importable without Metaflow.
 """
 
 import atexit
 import ctypes
-import glob
 import importlib
 import json
 import os
@@ -43,7 +44,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Dict, List, NamedTuple, NoReturn, Optional
+from typing import Any, List, NoReturn, Optional
 
 _PR_SET_PDEATHSIG = 1
 # How long destroying the program's process groups may take. NCCL's destroy can
@@ -86,7 +87,7 @@ def _user_traceback(error: BaseException) -> str:
     return "".join(traceback.format_exception(type(error), error, tb))
 
 
-def _record_error(error: BaseException, formatted: str) -> None:
+def record_error(error: BaseException, formatted: str) -> None:
     """Write torchelastic's error file, unless the program already wrote one (``@record``)."""
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not path or os.path.exists(path):
@@ -108,54 +109,12 @@ def _record_error(error: BaseException, formatted: str) -> None:
         print(f"could not write the error file {path}: {write_error}", file=sys.stderr)
 
 
-class WorkerError(NamedTuple):
-    """A worker's uncaught exception, as its error file records it."""
-
-    local_rank: int
-    rank: str  # the global rank; "" in a file that does not say (torch's own @record)
-    message: str
-    traceback: str
-
-
-def first_error(attempt_dir: str) -> Optional[WorkerError]:
-    """The earliest error recorded by the workers of one attempt, or None if none recorded one.
-
-    torchrun gives local rank R of an attempt the error file
-    ``<attempt_dir>/<R>/error.json``, which ``_record_error`` (or torch's
-    ``@record`` in the program) writes; files in another layout are skipped.
-    The recorded timestamp has whole seconds only, and a rank's failure
-    makes its peers fail within the same second: the time each file was
-    written decides between them.
-    """
-    found = []
-    for path in glob.glob(os.path.join(attempt_dir, "*", "error.json")):
-        try:
-            with open(path) as error_file:
-                content = json.load(error_file)["message"]
-            extra = content.get("extraInfo", {})
-            error = WorkerError(
-                local_rank=int(os.path.basename(os.path.dirname(path))),
-                rank=str(extra.get("rank", "")),
-                message=content.get("message", ""),
-                traceback=extra.get("py_callstack", ""),
-            )
-            found.append(((int(extra.get("timestamp", 0)), os.stat(path).st_mtime_ns), error))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue
-    return min(found)[1] if found else None
-
-
 class ReturnValueError(Exception):
     """A function entrypoint returned a value that cannot be pickled."""
 
 
-def attempt_number(attempt_dir: str) -> int:
-    """N of a directory named ``attempt_<N>``: torchrun's per-attempt log
-    directories, and this module's per-attempt return values."""
-    return int(attempt_dir.rsplit("_", 1)[1])
-
-
-def _return_value_path(results_dir: str, attempt: str, rank: str) -> str:
+def return_value_path(results_dir: str, attempt: str, rank: str) -> str:
+    """Where the worker of global ``rank`` saves its return value in ``attempt`` (``worker.files`` reads it)."""
     return os.path.join(results_dir, f"attempt_{attempt}", f"rank_{rank}.pickle")
 
 
@@ -179,33 +138,11 @@ def save_return_value(value: object, results_dir: str) -> None:
             f"(numbers, strings, lists, dicts, tensors), or save the object to a file and "
             f"return its path."
         ) from None
-    path = _return_value_path(results_dir, os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"), rank)
+    path = return_value_path(results_dir, os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"), rank)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".partial", "wb") as partial:
         partial.write(data)
     os.replace(path + ".partial", path)
-
-
-def read_return_values(results_dir: str) -> Dict[int, Any]:
-    """``{global rank: value}`` saved by this node's workers in their last attempt.
-
-    Only the last attempt counts: values of an attempt that failed and was
-    restarted are left behind. Empty when no worker saved one (a script).
-
-    Raises:
-        pickle.UnpicklingError, ImportError, AttributeError, ...: a value cannot
-            be unpickled here; whatever unpickling raised.
-    """
-    attempts = glob.glob(os.path.join(results_dir, "attempt_*"))
-    if not attempts:
-        return {}
-    last = max(attempts, key=attempt_number)
-    values = {}
-    for path in glob.glob(os.path.join(last, "rank_*.pickle")):
-        rank = int(os.path.basename(path)[len("rank_"):-len(".pickle")])
-        with open(path, "rb") as saved:
-            values[rank] = pickle.load(saved)
-    return dict(sorted(values.items()))
 
 
 def run_function(target: str, call_file: str, results_dir: str) -> None:
@@ -289,7 +226,7 @@ def main(argv: List[str]) -> None:
         raise
     except Exception as error:
         formatted = _user_traceback(error)
-        _record_error(error, formatted)
+        record_error(error, formatted)
         sys.stderr.write(formatted)
         sys.stderr.flush()
         sys.exit(1)

@@ -14,7 +14,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import rendezvous
 
-from .exceptions import TorchrunArgumentError
+from ..errors import TorchrunArgumentError
 from .program import ArgsSpec, Entrypoint, check_command_line_text
 
 NprocSpec = Union[int, str, None]

@@ -1,10 +1,10 @@
 """The other nodes' ranks reach node 0's card through node 0's store.
 
 Only for a step with a card and more than one node. Each node's task runs a
-``status_relay`` child process, which talks to the job's store (the one node
+``card.relay`` child process, which talks to the job's store (the one node
 0's agent hosts, found by ``rendezvous.endpoint.store_address`` exactly as the
 backend finds it) and decides what goes through it and how often (see
-``status_relay.StoreRelay``). This module is the task's side: it hands the
+``relay.StoreRelay``). This module is the task's side: it hands the
 relay this node's new payloads (other nodes) or merges the payloads the relay
 read (node 0) into the ``JobState``, through pipes that never block the task.
 The relay dies with the task, and at ``close``.
@@ -18,8 +18,9 @@ import subprocess
 import sys
 from typing import Optional
 
-from . import status_relay, worker_bootstrap
-from .job_state import JobState
+from ..worker.bootstrap import die_with_parent
+from . import relay
+from .state import JobState
 
 
 class StatusExchange:
@@ -37,7 +38,7 @@ class StatusExchange:
                  lines_seconds: float):
         self._state = state
         self._command = [
-            sys.executable, "-u", os.path.abspath(status_relay.__file__), host, str(port),
+            sys.executable, "-u", os.path.abspath(relay.__file__), host, str(port),
             run_id, str(num_nodes), str(state.node_index), f"{lines_seconds:g}",
         ]
         self._relay: Optional[subprocess.Popen] = None
@@ -51,7 +52,7 @@ class StatusExchange:
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 # Tied to the task's process, not to the thread that starts it.
                 preexec_fn=functools.partial(
-                    worker_bootstrap.die_with_parent, signal.SIGKILL, os.getpid()
+                    die_with_parent, signal.SIGKILL, os.getpid()
                 ),
                 start_new_session=True,
             )

@@ -13,7 +13,7 @@ import re
 import sys
 from typing import Callable, List, Mapping, NamedTuple, Optional, Sequence, Union
 
-from .exceptions import TorchrunArgumentError
+from ..errors import TorchrunArgumentError
 
 ArgsSpec = Union[Mapping[str, object], Sequence[object], None]
 EntrypointSpec = Union[str, "os.PathLike[str]", Callable[..., object], None]

@@ -1,0 +1,226 @@
+"""The card section of one call, rendered from a ``Snapshot``: pure functions, no Metaflow.
+
+``render`` turns a snapshot into the section's parts (Markdown text and one
+Vega-Lite chart), which ``card.live`` puts into Metaflow's card components;
+``render_key`` is what a re-render depends on. Tested without Metaflow.
+"""
+
+import re
+from typing import Any, Dict, List, NamedTuple, Tuple
+
+from .state import (
+    DONE,
+    FAILED,
+    RESTARTED,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    Snapshot,
+    exit_text,
+    is_failing_rank,
+)
+
+_STATE_COLORS = {
+    STARTING: "#b0b7c3",
+    RUNNING: "#3b82f6",
+    DONE: "#22a06b",
+    FAILED: "#e5484d",
+    STOPPED: "#f5a524",
+    RESTARTED: "#8e4ec6",
+}
+_STATE_MARKS = {
+    STARTING: "○ starting",
+    RUNNING: "▶ running",
+    DONE: "✔ done",
+    FAILED: "✖ failed",
+    STOPPED: "■ stopped",
+    RESTARTED: "↻ restarted",
+}
+
+
+class Sections(NamedTuple):
+    """The parts of one call's card section, in the order the card shows them."""
+
+    layout: str
+    summary: str
+    rank_table: str
+    root_cause: str
+    timeline: Dict[str, Any]
+    last_lines: str
+
+
+def render(snapshot: Snapshot, now: float) -> Sections:
+    """Every part of the section for ``snapshot``, with running times up to ``now``."""
+    return Sections(
+        layout=_layout(snapshot),
+        summary=_summary(snapshot, now),
+        rank_table=_rank_table(snapshot, now),
+        root_cause=_root_cause(snapshot),
+        timeline=_timeline(snapshot, now),
+        last_lines=_last_lines(snapshot),
+    )
+
+
+def render_key(snapshot: Snapshot) -> Tuple[Any, ...]:
+    """What a re-render of the card depends on: a change of it is a change of state."""
+    return (snapshot.store_endpoint, snapshot.failure is not None,
+            tuple((rank.rank, rank.state, rank.restarts) for rank in snapshot.ranks))
+
+
+def shorten(text: str, limit: int = 160) -> str:
+    """``text``, cut to ``limit`` characters with an ellipsis."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _cell(text: str) -> str:
+    """Text safe in a Markdown table cell."""
+    return (text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
+            .replace("<", "&lt;").replace("\n", " ")) or " "
+
+
+def _inline(text: str) -> str:
+    """Text shown as written in a Markdown paragraph (wrapped, unlike a code block)."""
+    return re.sub(r"([\\`*_\[\]<>#|])", r"\\\1", " ".join(text.split()))
+
+
+def _fenced(lines: List[str]) -> str:
+    fence = "```"
+    while any(fence in line for line in lines):
+        fence += "`"
+    return "\n".join([fence, *lines, fence])
+
+
+def _layout(snapshot: Snapshot) -> str:
+    layout = snapshot.layout
+    nproc = layout.nproc_per_node
+    world = (layout.num_nodes * layout.nproc if layout.nproc is not None
+             else f"{layout.num_nodes} x auto")
+    scope = ("every node and rank of the job" if layout.node_index == 0
+             else f"the ranks of node {layout.node_index}; node 0's card shows the whole job")
+    rows = [
+        ("layout", f"{layout.num_nodes} nodes x {nproc} processes, world size {world}"),
+        ("this card", f"node {layout.node_index}: {scope}"),
+        ("rendezvous id", layout.rdzv_id),
+        ("store endpoint", snapshot.store_endpoint),
+        *snapshot.settings,
+    ]
+    table = "\n".join(f"| {_cell(name)} | {_cell(str(value))} |" for name, value in rows)
+    return (f"## torchrun job, call {layout.call} of this step\n\n"
+            f"| | |\n| --- | --- |\n{table}")
+
+
+def _summary(snapshot: Snapshot, now: float) -> str:
+    counts: Dict[str, int] = {}
+    for rank in snapshot.ranks:
+        counts[rank.state] = counts.get(rank.state, 0) + 1
+    if snapshot.ended is None:
+        verdict = "running"
+    else:
+        verdict = "failed" if snapshot.failure is not None else "succeeded"
+    elapsed = (snapshot.ended or now) - snapshot.started
+    parts = ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
+    return f"**Job {verdict}** after {elapsed:.1f} s: {parts or 'no rank started yet'}."
+
+
+def _rank_table(snapshot: Snapshot, now: float) -> str:
+    rows = ["| rank | local rank | node | state | exit | wall time | restarts | last line |",
+            "| ---: | ---: | ---: | --- | --- | ---: | ---: | --- |"]
+    for rank in snapshot.ranks:
+        wall = rank.wall_time(now)
+        last = rank.lines[-1] if rank.lines else ""
+        rows.append(
+            f"| {rank.rank} | {rank.local_rank} | {rank.node} | {_STATE_MARKS[rank.state]} "
+            f"| {_cell(rank.exit or '-')} | {'-' if wall is None else f'{wall:.1f} s'} "
+            f"| {rank.restarts} | {_cell(shorten(last, 120))} |"
+        )
+    return "### Ranks\n\n" + "\n".join(rows)
+
+
+def _root_cause(snapshot: Snapshot) -> str:
+    failure = snapshot.failure
+    if failure is None:
+        return ""
+    failed = next((rank for rank in snapshot.ranks if is_failing_rank(rank, failure)), None)
+    if failure.rank is not None:
+        where = (f"global rank {failure.rank} on node {failure.node_index} "
+                 f"(local rank {failure.local_rank}), exit {exit_text(failure) or 'unknown'}")
+    elif failure.local_rank is not None:
+        where = (f"local rank {failure.local_rank} on node {failure.node_index}, "
+                 f"exit {exit_text(failure) or 'unknown'}")
+    elif failure.node_index is not None:
+        where = f"node {failure.node_index}"
+    else:
+        where = "the job"
+    text = f"### Root cause\n\n**{_cell(where)}** failed first:\n\n"
+    text += "> " + _inline(failure.summary)
+    # The failure carries the failing rank's traceback: from its error file on
+    # this node, or as its node recorded it with the failure in the store.
+    # Else the one its node's card published, if that arrived before the end.
+    tail = failure.traceback_tail or (
+        failed.error if failed is not None and failed.error != failure.summary else ""
+    )
+    if tail:
+        # Already its end: every failure record and JobState keep the last lines.
+        text += "\n\nEnd of its traceback:\n\n" + _fenced(tail.rstrip().splitlines())
+    text += f"\n\nThis node's per-rank logs: `{_cell(snapshot.layout.log_dir)}`"
+    return text
+
+
+def _timeline(snapshot: Snapshot, now: float) -> Dict[str, Any]:
+    """A Vega-Lite chart: a bar per attempt of each rank, a rule per round of this node."""
+    bars = []
+    for rank in snapshot.ranks:
+        label = f"rank {rank.rank} (node {rank.node})"
+        for segment in rank.segments:
+            bars.append({
+                "rank": label,
+                "order": rank.rank,
+                "start": round(segment.start - snapshot.started, 2),
+                "end": round((segment.end or snapshot.ended or now) - snapshot.started, 2),
+                "state": segment.outcome,
+                "attempt": segment.attempt,
+            })
+    rounds = [{"at": round(at - snapshot.started, 2), "round": f"attempt {attempt}"}
+              for at, attempt in snapshot.rounds]
+    states = list(_STATE_COLORS)
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": "Timeline (seconds since this node started the call)",
+        "height": {"step": 22},
+        "layer": [
+            {
+                "data": {"values": bars},
+                "mark": {"type": "bar", "cornerRadius": 3},
+                "encoding": {
+                    "y": {"field": "rank", "type": "nominal", "title": None,
+                          "sort": {"field": "order"}},
+                    "x": {"field": "start", "type": "quantitative", "title": "seconds"},
+                    "x2": {"field": "end"},
+                    "color": {"field": "state", "type": "nominal", "title": "state",
+                              "scale": {"domain": states,
+                                        "range": [_STATE_COLORS[s] for s in states]}},
+                    "tooltip": [{"field": "rank"}, {"field": "attempt"}, {"field": "state"},
+                                {"field": "start"}, {"field": "end"}],
+                },
+            },
+            {
+                "data": {"values": rounds},
+                "mark": {"type": "rule", "strokeDash": [4, 3], "color": "#6b7280"},
+                "encoding": {"x": {"field": "at", "type": "quantitative"},
+                             "tooltip": [{"field": "round"}, {"field": "at"}]},
+            },
+        ],
+    }
+
+
+def _last_lines(snapshot: Snapshot) -> str:
+    blocks = []
+    for rank in snapshot.ranks:
+        if rank.lines:
+            blocks.append(f"**rank {rank.rank}**\n\n" + _fenced(list(rank.lines)))
+    if not blocks:
+        return "### Last lines\n\nNo output yet."
+    return "### Last lines\n\n" + "\n\n".join(blocks)
+
+
+__all__ = ["Sections", "render", "render_key", "shorten"]

@@ -1,0 +1,126 @@
+"""Every use of Metaflow's internals that are not its public API, in one place.
+
+Checked against Metaflow 2.19.39 (the version the test suite pins as its
+floor; see setup.py). When Metaflow changes one of these, this module is the
+one to change. Each function says what it stands in for; the card's helpers
+fall back to the public API where the internal is missing, so the card
+degrades (slower, or a lost last render) instead of failing the job.
+
+Metaflow imports our decorator module on every ``import metaflow``: nothing
+here imports Metaflow at module level beyond what that module already has
+loaded, and nothing imports torch.
+"""
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+# Metaflow's own default of @card(refresh_interval=...).
+DEFAULT_CARD_REFRESH_SECONDS = 5.0
+
+
+# current
+
+def add_to_current(name: str, value: object) -> None:
+    """Make ``current.<name>`` return ``value`` in this process (``current._update_env``)."""
+    from metaflow import current
+
+    current._update_env({name: value})
+
+
+def default_current_property(name: str, getter: Callable[[Any], Any]) -> None:
+    """Give ``current.<name>`` a default: ``getter(current)`` wherever the task set none.
+
+    Metaflow has no API for it: the property goes on the ``Current`` class;
+    ``add_to_current`` then shadows it in the tasks that set their own.
+    """
+    from metaflow.metaflow_current import Current
+
+    if name not in vars(Current):
+        setattr(Current, name, property(getter))
+
+
+# Local runs of @parallel steps (in place of Metaflow's own launcher of the other nodes)
+
+def num_parallel(flow: Any) -> int:
+    """The ``num_parallel`` the step was entered with (``flow._parallel_ubf_iter``)."""
+    return flow._parallel_ubf_iter.num_parallel
+
+
+def step_command(python: str, script: str, step_name: str, step_kwargs: Dict[str, str]) -> List[str]:
+    """The command line of one task of ``step_name``, with this task's options and
+    ``step_kwargs`` over them (``metaflow.cli_args``)."""
+    from metaflow.cli_args import cli_args
+
+    return cli_args.step_command(
+        python, script, step_name, step_kwargs=dict(cli_args.step_kwargs, **step_kwargs)
+    )
+
+
+def set_parallel_task_paths(flow: Any, pathspecs: List[str]) -> None:
+    """Tell the join step the tasks of every node (``flow._control_mapper_tasks``)."""
+    flow._control_mapper_tasks = pathspecs
+
+
+# Resources
+
+def merged_resource_attributes(decorators: Sequence[Any], compute: Any,
+                               defaults: Dict[str, str]) -> Dict[str, Any]:
+    """@resources merged into a @kubernetes/@batch decorator's own attributes, as those
+    decorators do it (``metaflow.plugins.aws.aws_utils.compute_resource_attributes``)."""
+    from metaflow.plugins.aws.aws_utils import compute_resource_attributes
+
+    return compute_resource_attributes(decorators, compute, defaults)
+
+
+# Cards
+
+def editable_card() -> Tuple[Optional[Any], str, float]:
+    """``current.card`` when the step has a card that takes components, that card's
+    uuid, and its refresh interval; ``(None, "", 0.0)`` without one."""
+    from metaflow import current
+
+    card = getattr(current, "card", None)  # present only in a step with @card
+    if card is None:
+        return None, "", 0.0
+    # The step's default editable card (the one current.card.append fills)
+    # and its attributes.
+    uuid = getattr(card, "_default_editable_card", None)
+    if uuid is None:
+        return None, "", 0.0
+    meta = getattr(card, "_cards_meta", {}).get(uuid, {})
+    return card, uuid, float(meta.get("refresh_interval") or DEFAULT_CARD_REFRESH_SECONDS)
+
+
+def card_process_running(card_uuid: str) -> bool:
+    """Whether Metaflow's card process (a render or a refresh) for this card still runs.
+
+    Metaflow silently drops a refresh asked for while one runs: a state
+    change re-rendered then would not show until the next change. The process
+    takes seconds (it starts Python and loads the flow), so asking again at
+    the next tick after it ended shows the change as soon as Metaflow can.
+    """
+    try:
+        from metaflow.plugins.cards.card_creator import CardProcessManager
+
+        process, _ = CardProcessManager._get_card_process(card_uuid)
+    except (ImportError, AttributeError):  # another Metaflow: refresh as asked
+        return False
+    return process is not None and process.poll() is None
+
+
+def render_card_now(card: Any) -> None:
+    """Render the card's current components and wait until it is saved.
+
+    ``current.card.refresh(force=True)`` may drop a render (at most one per
+    refresh interval, and none while an earlier one runs), which at the end
+    of a failed task would lose the root cause. The manager of the editable
+    card renders synchronously on request; without it, fall back to the
+    public refresh.
+    """
+    manager = getattr(card, "_card_component_store", {}).get(
+        getattr(card, "_default_editable_card", None)
+    )
+    render = getattr(manager, "_card_proc", None)
+    if render is None:
+        card.refresh(force=True)
+        return
+    render("render_runtime", sync=True)
