@@ -6,13 +6,20 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test bench venv
 
+# What the demo needs: torch and the package (which brings Metaflow), nothing else.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	# torch is pinned: the registry's newest torch pulls gigabytes of CUDA packages.
 	$(BIN)/pip install --quiet torch==2.13.0
 	# compat: setuptools' default editable mode serves metaflow_extensions through an
 	# import hook that Metaflow's extension discovery does not see.
+	$(BIN)/pip install --quiet -e . --config-settings editable_mode=compat
+
+# The test tools (the package's test extras: pytest, the rehearsal's S3 server and
+# Kubernetes client, Lightning, Accelerate) come with the first `make test`.
+$(VENV)/.test-extras: $(BIN)/python setup.py
 	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+	touch $@
 
 venv: $(BIN)/python
 
@@ -23,8 +30,8 @@ DEMO_USER := $(firstword $(filter-out root,$(METAFLOW_USER) $(SUDO_USER) $(USERN
 demo: venv
 	METAFLOW_USER=$(DEMO_USER) $(BIN)/python examples/hello/flow.py run
 
-test: venv
+test: $(VENV)/.test-extras
 	$(BIN)/python -m pytest tests
 
-bench: venv
+bench: $(VENV)/.test-extras
 	bench/run_in_netns.sh $(BIN)/python -m bench.rendezvous_round
