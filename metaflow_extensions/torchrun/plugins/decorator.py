@@ -134,8 +134,9 @@ class TorchrunDecorator(ParallelDecorator):
         # packages. The files go next to `metaflow` in the package, which is on
         # sys.path there. (MODULE_CONTENT cannot ship a regular package in
         # Metaflow 2.19: it takes the package's __init__.py for the package.)
-        import rendezvous
         from metaflow.packaging_sys import ContentType
+
+        import rendezvous
 
         root = os.path.dirname(os.path.abspath(rendezvous.__file__))
         for name in sorted(os.listdir(root)):

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Dict
 
 if TYPE_CHECKING:
     from .launch.command import NprocSpec
-    from .launch.launcher import TorchrunLauncher, TorchrunResult
+    from .launch.launcher import TorchrunLauncher
     from .launch.program import ArgsSpec, EntrypointSpec
     from .launch.settings import TaskIdentity
+    from .result import TorchrunResult
 
 # The default of @torchrun(all_nodes_started_timeout): one node joins at once,
 # but a slow machine may take a while to start the agent.
@@ -73,6 +74,7 @@ class TorchrunSingleNodeMultiGPU:
 def _task_launcher() -> "TorchrunLauncher":
     """This task's one-node launcher, made on the first call."""
     from metaflow import current
+
     from rendezvous.topology import Topology
 
     from .errors import TorchrunArgumentError

@@ -12,3 +12,5 @@ from ..plugins.single_node import TorchrunSingleNodeMultiGPU
 
 __mf_extensions__ = "torchrun"
 __version__ = "0.1.0"
+
+__all__ = ["TorchrunFailed", "TorchrunResult", "TorchrunSingleNodeMultiGPU"]

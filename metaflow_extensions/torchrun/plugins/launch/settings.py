@@ -9,9 +9,9 @@ import math
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
-from .command import check_nproc_per_node, rendezvous_id, whole_number
 from ..errors import TorchrunArgumentError
 from ..metaflow_compat import merged_resource_attributes
+from .command import check_nproc_per_node, rendezvous_id, whole_number
 
 
 @dataclass(frozen=True)
