@@ -2,7 +2,7 @@
 
     sudo bench/run_in_netns.sh .venv/bin/python -m bench.card_traffic --nodes 2,8,32
 
-(from the repository root, whose ``status_exchange`` it then measures).
+(from the repository root, whose ``card.exchange`` it then measures).
 
 One real TCPStore server plays node 0's store. For each job size, every
 simulated node has the ``JobState`` of a node whose step has a card and the
@@ -32,13 +32,11 @@ from typing import List
 # the relay's own stderr goes nowhere, here it would drown the table.
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
-import metaflow  # noqa: E402,F401 - before the extension's modules, which it imports
 from torch.distributed import TCPStore  # noqa: E402 - after the log level
 
-from metaflow_extensions.torchrun.plugins.launch.command import parse_torchrun_args, plan_launch
-from metaflow_extensions.torchrun.plugins.card.state import JobState
-from metaflow_extensions.torchrun.plugins.launch.program import Entrypoint
-from metaflow_extensions.torchrun.plugins.card.relay import TICK_SECONDS, StoreRelay
+# The card's model and relay need no Metaflow (card.state, card.relay).
+from metaflow_extensions.torchrun.plugins.card.relay import TICK_SECONDS, StoreRelay  # noqa: E402
+from metaflow_extensions.torchrun.plugins.card.state import CallLayout, JobState  # noqa: E402
 
 
 def _free_port() -> int:
@@ -56,13 +54,9 @@ def measure(nodes: int, nproc: int, seconds: float, line_seconds: float,
     states: List[JobState] = []
     relays: List[StoreRelay] = []
     for node in range(nodes):
-        plan = plan_launch(
-            python="python", num_nodes=nodes, nproc_per_node=str(nproc), rdzv_id=run_id,
-            rdzv_endpoint=f":{port}", join_timeout=600, default_log_dir=str(root / str(node)),
-            flags=parse_torchrun_args(None), bootstrap="bootstrap.py",
-            entry=Entrypoint("script", "train.py", str(root)), program_args=[],
-        )
-        states.append(JobState(1, plan, node, nodes, (), f"127.0.0.1:{port}"))
+        layout = CallLayout(call=1, node_index=node, num_nodes=nodes, nproc_per_node=str(nproc),
+                            nproc=nproc, rdzv_id=run_id, log_dir=str(root / str(node)))
+        states.append(JobState(layout, (), f"127.0.0.1:{port}"))
         relays.append(StoreRelay("127.0.0.1", port, run_id, nodes, node,
                                  lines_seconds=max(1.0, refresh_seconds)))
     stop = threading.Event()
@@ -80,7 +74,7 @@ def measure(nodes: int, nproc: int, seconds: float, line_seconds: float,
                     )
 
     def tick(state: JobState, relay: StoreRelay) -> None:
-        # What status_exchange and status_relay.main do for one node.
+        # What card.exchange and card.relay.main do for one node.
         while not stop.wait(TICK_SECONDS):
             payload = state.payload()
             if payload is not None and not relay.is_reader:
