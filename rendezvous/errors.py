@@ -57,7 +57,8 @@ class JoinTimeoutError(MetaflowRendezvousError, RendezvousTimeoutError):
 
     def failure(self, node_index: Optional[int]) -> Failure:
         first_missing = self.missing[0] if self.missing else None
-        return Failure(FailureKind.NODE_NEVER_ARRIVED, str(self), first_missing)
+        return Failure(FailureKind.NODE_NEVER_ARRIVED, f"{type(self).__name__}: {self}",
+                       first_missing)
 
 
 class RestartAfterFinishError(MetaflowRendezvousError, RendezvousClosedError):
@@ -68,7 +69,7 @@ class RestartAfterFinishError(MetaflowRendezvousError, RendezvousClosedError):
     """
 
     def failure(self, node_index: Optional[int]) -> Failure:
-        return Failure(FailureKind.RESTART_REFUSED, str(self), node_index)
+        return Failure(FailureKind.RESTART_REFUSED, f"{type(self).__name__}: {self}", node_index)
 
 
 def restart_after_finish_reason(round_: int, finished: "list[int]") -> str:

@@ -15,6 +15,7 @@ from typing import List, Optional, Tuple
 
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
+from .errors import MetaflowRendezvousError
 from .failure import Failure, FailureKind, traceback_tail
 
 # Worker errors that say a peer went away: the failure of one rank makes the
@@ -119,6 +120,8 @@ def agent_failure(error: BaseException, node_index: Optional[int]) -> Failure:
     """The record of why this node's agent failed: its workers' first failure, or the error."""
     if isinstance(error, ChildFailedError):
         return child_failure(error, node_index)
+    if isinstance(error, MetaflowRendezvousError):
+        return error.failure(node_index)
     return Failure(FailureKind.RENDEZVOUS, f"{type(error).__name__}: {error}", node_index)
 
 

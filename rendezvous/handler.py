@@ -275,7 +275,8 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         if asker is not None:
             reason = restart_after_finish_reason(requested, [self.node_index])
             self._watcher.publish_failure(
-                Failure(FailureKind.RESTART_REFUSED, reason + ".", int(asker))
+                Failure(FailureKind.RESTART_REFUSED, f"RestartAfterFinishError: {reason}.",
+                        int(asker))
             )
 
     def _join(self, round_: int, deadline: float) -> None:

@@ -282,7 +282,7 @@ class Watcher:
     def _unreachable(self, error: object) -> JobFailedError:
         return JobFailedError(Failure(
             FailureKind.NODE_LOST,
-            f"it is unreachable (rendezvous store at {self._side.endpoint}): {error}. "
+            f"its rendezvous store at {self._side.endpoint} is unreachable: {error}. "
             f"Its own log says why.",
             node_index=0,
         ))
@@ -302,7 +302,7 @@ class Watcher:
                 now - since > self._settings.heartbeat_timeout
             ):
                 reason = (
-                    f"it stopped sending heartbeats {now - since:.0f} s ago (its agent was "
+                    f"stopped sending heartbeats {now - since:.0f} s ago (its agent was "
                     f"killed, or the network to it is cut)"
                 )
                 # Every node silent now is recorded, not only the first: node 0

@@ -56,8 +56,8 @@ def test_users_own_socket_ifname_wins(hosts, tmp_path):
     "lost, the_others_say, the_lost_host_says",
     [
         (2, ["node 2 failed first: stopped sending heartbeats"],
-         "the control node (node 0, rendezvous store at"),
-        (0, ["the control node (node 0, rendezvous store at", "is unreachable"],
+         "the control node (node 0) failed first: its rendezvous store at"),
+        (0, ["the control node (node 0) failed first: its rendezvous store at", "is unreachable"],
          "stopped sending heartbeats"),
     ],
     ids=["worker host", "control host"],

@@ -6,6 +6,7 @@ workers' error files (``worker.files``), the local launcher's word on another
 node that died (``local_nodes``), and, last, the agent's own final lines.
 """
 
+import signal
 from typing import List, Optional
 
 from rendezvous.failure import TRACEBACK_TAIL_LINES, Failure, FailureKind
@@ -35,11 +36,14 @@ def failure(
         return TorchrunFailed(error, log_dir=plan.log_dir, returncode=returncode)
     if peer_failure is not None:
         return TorchrunFailed(peer_failure, log_dir=plan.log_dir, returncode=returncode)
+    killed_by = signal.Signals(-returncode).name if returncode < 0 else None
+    how = f"was killed by {killed_by}" if killed_by else f"exited with code {returncode}"
     agent_exit = Failure(
-        FailureKind.EXITED,
-        f"its torchrun agent exited with code {returncode}; its last output (torchrun's "
-        f"failure table names the rank, its exit code or signal) follows",
+        FailureKind.KILLED if killed_by else FailureKind.EXITED,
+        f"its torchrun agent {how}; its last output (torchrun's failure table names the "
+        f"rank, its exit code or signal) follows",
         node_index=node_index,
+        signal=killed_by,
         traceback_tail="\n".join(agent_stderr[-TRACEBACK_TAIL_LINES:]),
     )
     return TorchrunFailed(agent_exit, log_dir=plan.log_dir, returncode=returncode)
