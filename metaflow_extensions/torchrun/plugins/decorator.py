@@ -70,12 +70,14 @@ class TorchrunDecorator(ParallelDecorator):
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
         super().step_init(flow, graph, step_name, decorators, environment, flow_datastore, logger)
         from .launch.settings import StepSettings
-        from .metaflow_compat import default_current_property
+        from .metaflow_compat import default_current_property, show_every_line
 
         # Every task of the flow initializes every step's decorators: from here
         # on, current.torch explains itself in the steps without @torchrun. The
         # launcher replaces it in the steps with it.
         default_current_property("torch", _current_torch_outside_torchrun)
+        # A rank's last lines before it goes quiet must reach the console of a local run.
+        show_every_line(step_name)
 
         self._flow_dir = os.path.dirname(os.path.abspath(inspect.getfile(type(flow))))
         self._settings = StepSettings.from_attributes(self.attributes, decorators)

@@ -11,6 +11,8 @@ here imports Metaflow at module level beyond what that module already has
 loaded, and nothing imports torch.
 """
 
+import os
+import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 # Metaflow's own default of @card(refresh_interval=...).
@@ -124,3 +126,66 @@ def render_card_now(card: Any) -> None:
         card.refresh(force=True)
         return
     render("render_runtime", sync=True)
+
+
+# The local runtime's reading of task output
+
+# Steps whose tasks' output the local runtime reads in whole lines (see show_every_line).
+_STEPS_READ_WHOLE: set = set()
+# How much of a task's output one read takes: a pipe's default capacity.
+_READ_BYTES = 65536
+
+
+def show_every_line(step_name: str) -> None:
+    """Make Metaflow's local runtime show each line of ``step_name``'s tasks as it comes.
+
+    In place of ``metaflow.runtime.Worker.read_logline``, for those tasks only:
+    Metaflow's reads ONE line per poll event with ``readline()`` on a buffered
+    pipe, so lines that reach the pipe together are read into the buffer, one
+    is shown, and the rest wait for the task's next output: forever, if the
+    task then goes quiet (a rank that printed its last line and hangs, or
+    computes for an hour). Here one read takes whatever the pipe holds and every
+    complete line in it is shown; a partial line waits for its end. Called in
+    every process that initializes the step's decorators; only the runtime's
+    process has workers to read.
+    """
+    runtime = sys.modules.get("metaflow.runtime")
+    worker = getattr(runtime, "Worker", None)
+    if worker is None or not hasattr(worker, "read_logline"):
+        return  # a task's process, or another Metaflow: nothing to read here
+    _STEPS_READ_WHOLE.add(step_name)
+    if getattr(worker.read_logline, "_reads_whole_lines", False):
+        return
+    metaflow_read_logline = worker.read_logline
+
+    def read_logline(self: Any, fd: int) -> bool:
+        if self.task.step not in _STEPS_READ_WHOLE:
+            return metaflow_read_logline(self, fd)
+        return _read_whole_lines(self, fd)
+
+    read_logline._reads_whole_lines = True  # type: ignore[attr-defined]
+    worker.read_logline = read_logline
+
+
+def _read_whole_lines(worker: Any, fd: int) -> bool:
+    """Show every complete line one read of ``fd`` brings; False at its end, or when nothing
+    is there (the runtime's drain at a task's end reads with the pipe non-blocking).
+
+    The pipe is read directly, never through Metaflow's buffered file object, so
+    nothing waits in that object's buffer.
+    """
+    _, log_buffer = worker._logs[fd]
+    pending: Dict[int, bytes] = worker.__dict__.setdefault("_torchrun_partial_lines", {})
+    try:
+        chunk = os.read(fd, _READ_BYTES)
+    except BlockingIOError:
+        return False
+    if not chunk:  # the task closed its end: its last line may lack a newline
+        rest = pending.pop(fd, b"")
+        if rest:
+            worker.emit_log(rest, log_buffer)
+        return False
+    *lines, pending[fd] = (pending.get(fd, b"") + chunk).split(b"\n")
+    for line in lines:
+        worker.emit_log(line + b"\n", log_buffer)
+    return True
