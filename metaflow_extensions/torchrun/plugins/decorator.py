@@ -70,7 +70,11 @@ class TorchrunDecorator(ParallelDecorator):
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
         super().step_init(flow, graph, step_name, decorators, environment, flow_datastore, logger)
         from .launch.settings import StepSettings
-        from .metaflow_compat import default_current_property, show_every_line
+        from .metaflow_compat import (
+            default_current_property,
+            keep_every_node_when_caught,
+            show_every_line,
+        )
 
         # Every task of the flow initializes every step's decorators: from here
         # on, current.torch explains itself in the steps without @torchrun. The
@@ -78,6 +82,9 @@ class TorchrunDecorator(ParallelDecorator):
         default_current_property("torch", _current_torch_outside_torchrun)
         # A rank's last lines before it goes quiet must reach the console of a local run.
         show_every_line(step_name)
+        # With @catch, every node's task (and the failure it caught) reaches the join.
+        keep_every_node_when_caught(decorators)
+        self._caught = any(deco.name == "catch" for deco in decorators)
 
         self._flow_dir = os.path.dirname(os.path.abspath(inspect.getfile(type(flow))))
         self._settings = StepSettings.from_attributes(self.attributes, decorators)
@@ -113,14 +120,21 @@ class TorchrunDecorator(ParallelDecorator):
         """Node 0 of a local run: start the other nodes, run this node's step, wait for them.
 
         In place of Metaflow's launcher of the other nodes (see launch.local_nodes); the
-        nodes stop when this step ends, however it ends.
+        nodes stop when this step ends, however it ends. With ``@catch``, a failed
+        step first lets the other nodes end by themselves: each fails with the same
+        failure and catches it, and the join needs their tasks whole.
         """
         from .launch.local_nodes import LocalNodes
 
         with LocalNodes() as local_nodes:
             local_nodes.start(flow, retry_count, ",".join(self.input_paths))
             self._set_current_torch(local_nodes)
-            step_func()
+            try:
+                step_func()
+            except Exception:
+                if self._caught:
+                    local_nodes.wait_until_ended()
+                raise
             local_nodes.wait()
 
     def _set_current_torch(self, local_nodes: Optional["LocalNodes"]) -> None:

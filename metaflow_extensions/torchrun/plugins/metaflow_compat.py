@@ -189,3 +189,33 @@ def _read_whole_lines(worker: Any, fd: int) -> bool:
     for line in lines:
         worker.emit_log(line + b"\n", log_buffer)
     return True
+
+
+# @catch on a parallel step
+
+def keep_every_node_when_caught(decorators: Sequence[Any]) -> None:
+    """Let ``@catch`` on this parallel step keep every node's task for the join.
+
+    When ``@catch`` catches the control task's exception, its ``task_exception``
+    sets the join's inputs (``flow._control_mapper_tasks``) to the control task
+    alone, so the other nodes' tasks, and the failures they caught, never reach
+    the join. Wrapped on this step's ``@catch`` instance, the list of every
+    node's task set before the step ran stays.
+    """
+    for deco in decorators:
+        if getattr(deco, "name", None) != "catch":
+            continue
+        catch_exception = deco.task_exception
+        if getattr(catch_exception, "_keeps_every_node", False):
+            continue
+
+        def task_exception(exception: BaseException, step: str, flow: Any, *args: Any,
+                           _catch_exception: Callable[..., Any] = catch_exception) -> Any:
+            every_node = getattr(flow, "_control_mapper_tasks", None)
+            handled = _catch_exception(exception, step, flow, *args)
+            if handled and every_node:
+                flow._control_mapper_tasks = every_node
+            return handled
+
+        task_exception._keeps_every_node = True  # type: ignore[attr-defined]
+        deco.task_exception = task_exception

@@ -126,6 +126,14 @@ class LocalNodes:
             time.sleep(_POLL_SECONDS)
         self._raise_if_failed()
 
+    def wait_until_ended(self) -> None:
+        """Wait (up to the time a node takes to stop its agent) for every node to end by
+        itself, whatever its exit code; ``stop`` takes care of the rest."""
+        deadline = time.monotonic() + _NODE_STOP_GRACE_SECONDS
+        while (any(node.process.poll() is None for node in self.nodes)
+               and time.monotonic() < deadline):
+            time.sleep(_POLL_SECONDS)
+
     def _raise_if_failed(self) -> None:
         failure = self.failure()
         if failure is not None:
