@@ -11,6 +11,6 @@ from ..plugins.result import TorchrunResult
 from ..plugins.single_node import TorchrunSingleNodeMultiGPU
 
 __mf_extensions__ = "torchrun"
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 
 __all__ = ["TorchrunFailed", "TorchrunResult", "TorchrunSingleNodeMultiGPU"]
