@@ -37,7 +37,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     from .errors import MetaflowRendezvousError
     from .failure import Failure, FailureKind
     from .failures import child_failure
-    from .outcome import report
+    from .outcome import report, stop_reason
 
     register()
     node_index = _node_index()
@@ -73,8 +73,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         # the agent already stopped its workers. Not _exit: torch skips the
         # handler's shutdown after a signal, and the handler's exit hook is
         # what tells the other nodes.
-        report(Failure(FailureKind.STOPPED, f"its torchrun agent was stopped by {stop.sigval.name}",
-                       node_index))
+        reason = stop_reason(f"its torchrun agent was stopped by {stop.sigval.name}")
+        report(Failure(FailureKind.STOPPED, reason, node_index))
         sys.exit(128 + stop.sigval)
 
 

@@ -35,6 +35,7 @@ from .failure import Failure, FailureKind
 from .failures import agent_failure
 from .keys import JobKeys
 from .network import socket_ifname_defaults
+from .outcome import stop_reason
 from .settings import RendezvousSettings
 from .store import (
     AgentStore,
@@ -379,10 +380,9 @@ class MetaflowRendezvousHandler(RendezvousHandler):
     def _close_at_exit(self) -> None:
         """Tell the other nodes if this agent exits without ``shutdown`` (a signal)."""
         if not self._closed and self._watcher is not None:
-            self._publish_failure(
-                FailureKind.STOPPED,
-                "its torchrun agent exited before the job finished (stopped by a signal?)",
-            )
+            self._publish_failure(FailureKind.STOPPED, stop_reason(
+                "its torchrun agent exited before the job finished (stopped by a signal?)"
+            ))
             self._close()
 
 

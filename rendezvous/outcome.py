@@ -17,7 +17,20 @@ from typing import Optional
 from .failure import Failure
 
 OUTCOME_FILE_VAR = "METAFLOW_RENDEZVOUS_OUTCOME_FILE"
+# A file where the launcher writes why it stops the agent (the step's @timeout, an
+# interrupt) before it sends SIGTERM: the other nodes are told that, not just "a signal".
+STOP_REASON_FILE_VAR = "METAFLOW_RENDEZVOUS_STOP_REASON_FILE"
 LINE_PREFIX = "metaflow rendezvous: "
+
+
+def stop_reason(default: str) -> str:
+    """Why the launcher stopped this agent, as it wrote it; ``default`` if it wrote nothing."""
+    path = os.environ.get(STOP_REASON_FILE_VAR)
+    try:
+        with open(path or "") as reason_file:
+            return reason_file.read().strip() or default
+    except OSError:
+        return default
 
 
 def report(failure: Failure) -> None:

@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any, Dict, List, Mapping, Optional
 
 from rendezvous.failure import Failure, FailureKind
-from rendezvous.outcome import OUTCOME_FILE_VAR, read_outcome
+from rendezvous.outcome import OUTCOME_FILE_VAR, STOP_REASON_FILE_VAR, read_outcome
 from rendezvous.topology import Topology, read_topology
 
 from ..card.live import JobCard
@@ -246,12 +246,14 @@ class TorchrunLauncher:
         ``card``, if given, sees every line of the agent and how it ended.
         """
         started = time.monotonic()
+        stop_reason_path = os.path.join(os.path.dirname(outcome_path), "stop-reason")
         agent = subprocess.Popen(
             plan.command,
             env={
                 **plan.environment(os.environ),
                 **topology.environment(),
                 OUTCOME_FILE_VAR: outcome_path,
+                STOP_REASON_FILE_VAR: stop_reason_path,
             },
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -283,7 +285,8 @@ class TorchrunLauncher:
                     stopped_for_peer = True
                     _stop(agent)
         finally:
-            if agent.poll() is None:  # interrupted (Ctrl-C, task killed): take the agent down
+            if agent.poll() is None:  # interrupted (Ctrl-C, @timeout, task killed): take the agent down
+                _say_why_stopped(stop_reason_path, sys.exc_info()[1])
                 _stop(agent)
                 if card is not None:
                     card.stop()
@@ -331,6 +334,22 @@ def _read_topology() -> Topology:
         raise TorchrunArgumentError(
             f"this task's place in the @parallel job is unknown: {error}"
         ) from None
+
+
+def _say_why_stopped(path: str, interruption: Optional[BaseException]) -> None:
+    """Leave the agent the reason its step stops it (``@timeout``'s error, an interrupt), which
+    its backend records for the other nodes in place of a bare signal."""
+    if interruption is None:
+        return
+    lines = str(interruption).strip().splitlines()  # @timeout's goes on with a stack
+    reason = f"its step was interrupted: {type(interruption).__name__}"
+    if lines:
+        reason += f": {lines[0].strip()}"
+    try:
+        with open(path, "w") as reason_file:
+            reason_file.write(reason)
+    except OSError:
+        pass  # the other nodes are told of a signal instead
 
 
 def _stop(agent: subprocess.Popen) -> None:
