@@ -26,8 +26,9 @@ setup(
     # numpy only silences torch's "Failed to initialize NumPy" warning in test logs.
     # moto's S3 server and the Kubernetes client (which Metaflow's @kubernetes needs to
     # build a JobSet) serve the remote rehearsal (tests/rehearsal). Lightning and
-    # Accelerate run their own scripts through @torchrun (tests/test_ecosystem.py); both
-    # accept the torch installed first (torch==2.13.0) and pull no other.
+    # Accelerate run their own scripts through @torchrun
+    # (tests/integration/test_ecosystem.py); both accept the torch installed first
+    # (torch==2.13.0) and pull no other.
     extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "numpy",
                              "moto[server]>=5.0", "kubernetes>=30.0",
                              "lightning>=2.6", "accelerate>=1.0"]},

@@ -45,7 +45,8 @@ def screenshot(card_type: str, script_args: dict, out: Path, width: int, height:
         (flow.parent / "workers").mkdir(parents=True)
         shutil.copy(FLOWS / "card_job.py", flow)
         shutil.copy(FLOWS / "workers" / "card_ranks.py", flow.parent / "workers")
-        # Cards and the run's datastore in one place, as in the tests (test_torchrun_card).
+        # Cards and the run's datastore in one place, as in the tests
+        # (tests/integration/test_cards.py).
         env = {"METAFLOW_DATASTORE_SYSROOT_LOCAL": root, "TORCHRUN_TEST_CARD_TYPE": card_type}
         try:
             run = runner.run(str(flow), "--script_args", json.dumps(script_args), env=env)

@@ -6,7 +6,7 @@ import pytest
 # Metaflow first: its import loads the extension's top-level names, which import
 # our errors module; importing that module first would make a cycle through it.
 import metaflow  # noqa: F401
-from harness.flow_runs import FlowRunner
+from tests.harness.flow_runs import FlowRunner
 
 
 def pytest_configure(config):
@@ -26,6 +26,6 @@ def flows(tmp_path):
 @pytest.fixture(scope="session")
 def pod_python_env():
     """The pods' Python environment (built on first use, then kept under the venv)."""
-    from rehearsal.pod_env import pod_python_env as build
+    from tests.rehearsal.pod_env import pod_python_env as build
 
     return build()

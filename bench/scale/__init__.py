@@ -43,7 +43,7 @@ process has only the frozen heap):
   With ``--inline-nodes`` the simulated nodes (not node 0) run the calls on
   the calling thread (``nodes.InlineConnection``): the same handler and
   watcher code makes the same requests, which
-  ``tests/test_rendezvous_scale.py`` checks request by request.
+  ``tests/integration/test_scale.py`` checks request by request.
 
 What one node count measures (``parent``), with the last node as the one that
 restarts, fails or falls silent:

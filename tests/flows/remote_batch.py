@@ -1,6 +1,6 @@
 """A @torchrun step on AWS Batch, with a card: 2 nodes of one multi-node job run an all_reduce.
 
-Run by tests/test_remote_batch.py through the rehearsal's Batch stand-in.
+Run by tests/integration/test_remote_batch.py through the rehearsal's Batch stand-in.
 """
 from metaflow import FlowSpec, batch, card, current, step, torchrun
 

@@ -7,8 +7,9 @@
 - ``flow_runs``: real Metaflow flows of ``tests/flows`` in isolation (``FlowRunner``);
 - ``netns_hosts``: test hosts, network namespaces joined by a bridge (``TestHosts``).
 
-Tests import it as ``harness``: pytest puts ``tests/`` on ``sys.path``, as
-``tests/`` is no package. Benchmarks run as modules from the repository root
-(``python -m bench.faults``) and import it as ``tests.harness``. The modules
-import each other relatively, so both names work.
+Everything imports it one way, as ``tests.harness`` (and the rehearsal as
+``tests.rehearsal``): ``tests/`` is a package, so pytest (its default ``prepend``
+import mode) puts the repository root on ``sys.path`` for the tests, and the
+benchmarks run as modules from the repository root (``python -m bench.faults``).
+The modules import each other relatively.
 """

@@ -1,14 +1,19 @@
-"""The backend under real torchrun agents, real workers and node 0's real TCPStore, on loopback."""
+"""The backend under real torchrun agents, real workers and node 0's real TCPStore, on loopback;
+hypothesis over --rdzv-conf values through a real launch."""
 
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from rendezvous.endpoint import derive_port
 from rendezvous.store import wait_until_listening
-from harness.torchrun_nodes import FAST, Job, lines_with, wait_for_output
+from tests.harness.torchrun_nodes import FAST, SCRIPTS, Job, lines_with, wait_for_output
+from tests.unit.test_rendezvous_settings import KEYS  # the keys the unit test draws from
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -295,3 +300,29 @@ def test_three_jobs_side_by_side_do_not_collide(tmp_path):
     finally:
         for job in jobs:
             job.close()
+
+
+CONF_STRINGS = st.lists(
+    st.tuples(KEYS, st.sampled_from(["1", "30", "0", "-2", "x", "", "1e9", "inf"])), max_size=3
+).map(lambda pairs: ",".join(f"{key}={value}" for key, value in pairs))
+
+
+# No limit of this file's: eight launches, each bounded by its own timeout.
+@pytest.mark.timeout(0)
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(conf=st.one_of(CONF_STRINGS, st.sampled_from(["join_timeout", ",,", "=5", "a=b=c"])))
+def test_rdzv_conf_through_a_real_launch(conf, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("conf")
+    env = {"MF_PARALLEL_NODE_INDEX": "0", "MF_PARALLEL_NUM_NODES": "1",
+           "MF_PARALLEL_MAIN_IP": "127.0.0.1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "rendezvous", "--rdzv-backend=metaflow", f"--rdzv-id=prop-{workdir.name}",
+         f"--rdzv-conf={conf}", str(SCRIPTS / "allreduce.py")],
+        env=env, cwd=workdir, capture_output=True, text=True, timeout=90,
+    )
+    output = result.stdout + result.stderr
+    if result.returncode == 0:
+        assert "sum=1" in output
+    else:
+        assert "Traceback" not in output, output
+        assert "metaflow rendezvous: " in output, output

@@ -1,6 +1,6 @@
 """Every example of examples/ end to end, as a new user runs it: from a regular install.
 
-Each example runs with the Python of a user's install (``harness.venvs``): a
+Each example runs with the Python of a user's install (``tests.harness.venvs``): a
 fresh virtual environment holding ``torch==2.13.0``, a regular (not editable)
 ``pip install`` of this repository and the packages the examples' READMEs ask
 for beside it, and nothing else. One environment holds what every README asks
@@ -27,10 +27,10 @@ from typing import Dict, Iterator, List, Optional
 
 import pytest
 
-from harness.flow_runs import FlowRun, run_to_end
-from harness.venvs import users_install
+from tests.harness.flow_runs import REPO, FlowRun, run_to_end
+from tests.harness.venvs import users_install
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = REPO / "examples"
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
 # A shell's PATH without the user's virtualenv on it; no `python` here is the venv's.
 USERS_PATH = os.pathsep.join(["/usr/bin", "/bin"])

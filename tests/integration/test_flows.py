@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.flow_runs import RunningFlow
+from tests.harness.flow_runs import FLOWS, RunningFlow
 
 # Hang protection only: a flow that hangs fails here instead of blocking the suite.
 pytestmark = pytest.mark.timeout(300)
@@ -177,7 +177,7 @@ def test_bad_input_is_refused_before_anything_starts(flows):
     assert "HAS TORCH outside @torchrun: False" in run.task_lines("start")
     expected = {
         "missing entrypoint": "entrypoint 'no_such_script.py' not found: looked for "
-        + str(Path(__file__).parent / "flows" / "no_such_script.py"),
+        + str(FLOWS / "no_such_script.py"),
         "entrypoint type": "entrypoint must be the path of a script or a function, not int",
         "entrypoint and module": "give exactly one of entrypoint=",
         "neither entrypoint nor module": "give exactly one of entrypoint=",

@@ -1,26 +1,13 @@
 """Function entrypoints and their return values, and the original package's names.
 
 Real flows on 2 nodes x 2 processes (tests/flows/function_entrypoints.py,
-tests/flows/original_package.py), plus the pure checks of what is refused.
+tests/flows/original_package.py). What is refused before anything starts:
+tests/unit/test_launch_program.py and test_launch_launcher.py.
 """
 
-import functools
 import json
-import pickle
-import threading
 
 import pytest
-
-from metaflow_extensions.torchrun.plugins.worker import bootstrap as worker_bootstrap
-from metaflow_extensions.torchrun.plugins.errors import TorchrunArgumentError
-from metaflow_extensions.torchrun.plugins.worker.files import read_return_values
-from metaflow_extensions.torchrun.plugins.launch.launcher import refuse_removed_options
-from metaflow_extensions.torchrun.plugins.result import TorchrunResult
-from metaflow_extensions.torchrun.plugins.launch.program import (
-    Entrypoint,
-    function_call,
-    resolve_entrypoint,
-)
 
 # Hang protection only: a flow that hangs fails here instead of blocking the suite.
 pytestmark = pytest.mark.timeout(300)
@@ -126,85 +113,3 @@ def test_single_node_failure_names_the_rank(flows):
     assert 'raise_rank.py", line' in start
     assert not run.task_lines("train")
     assert flows.live_processes() == []
-
-
-# What is refused before anything starts (pure)
-
-
-def top_level_function(x):
-    return x
-
-
-class Holder:
-    @staticmethod
-    def static_function():
-        return 1
-
-    def method(self):
-        return 2
-
-
-def test_top_level_and_static_functions_are_named_by_module(tmp_path):
-    assert resolve_entrypoint(top_level_function, None, str(tmp_path)) == Entrypoint(
-        "function", f"{__name__}:top_level_function", str(tmp_path)
-    )
-    assert resolve_entrypoint(Holder.static_function, None, str(tmp_path)).target == (
-        f"{__name__}:Holder.static_function"
-    )
-
-
-def nested_function():
-    def inner():
-        return 1
-
-    return inner
-
-
-@pytest.mark.parametrize(
-    "function, message",
-    [
-        (lambda: 1, "is a lambda: the workers cannot import it by name"),
-        (nested_function(), "is defined inside another function"),
-        (Holder().method, "is a bound method"),
-        (functools.partial(top_level_function, 1), "is a partial, not a function defined with `def`"),
-        (len, "is a builtin_function_or_method, not a function"),
-    ],
-)
-def test_functions_no_worker_can_import_are_refused(tmp_path, function, message):
-    with pytest.raises(TorchrunArgumentError, match="Define the function with `def` at the top level") as refused:
-        resolve_entrypoint(function, None, str(tmp_path))
-    assert message in str(refused.value)
-
-
-def test_function_arguments():
-    assert pickle.loads(function_call({"a": 1, "b": "é"})) == ((), {"a": 1, "b": "é"})
-    assert pickle.loads(function_call([1, "x"])) == ((1, "x"), {})
-    assert pickle.loads(function_call((1,))) == ((1,), {})
-    assert pickle.loads(function_call(None)) == ((), {})
-    with pytest.raises(TorchrunArgumentError, match="must be a dict .keyword arguments. or a list"):
-        function_call("--epochs 3")
-    with pytest.raises(TorchrunArgumentError, match="the keys of a dict are its keyword arguments"):
-        function_call({"--epochs": 3})
-    with pytest.raises(TorchrunArgumentError, match="entrypoint_args cannot be sent to the workers"):
-        function_call([threading.Lock()])
-
-
-def test_removed_options_of_the_original_are_refused():
-    refuse_removed_options({"push_results_dir_to_cloud": None, "local_output_dir": None})
-    for name in ("push_results_dir_to_cloud", "local_output_dir", "cloud_output_dir"):
-        with pytest.raises(TorchrunArgumentError, match=f"^{name} is not supported: .* Instead, "):
-            refuse_removed_options({name: False})
-
-
-def test_return_values_come_from_the_last_attempt(tmp_path, monkeypatch):
-    for attempt, rank, value in (("0", "2", "first"), ("1", "2", "second"), ("1", "3", [3])):
-        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", attempt)
-        monkeypatch.setenv("RANK", rank)
-        worker_bootstrap.save_return_value(value, str(tmp_path))
-    assert read_return_values(str(tmp_path)) == {2: "second", 3: [3]}
-    assert read_return_values(str(tmp_path / "none")) == {}
-    with pytest.raises(worker_bootstrap.ReturnValueError, match="rank 3 returned a value of type _thread.lock"):
-        worker_bootstrap.save_return_value(threading.Lock(), str(tmp_path))
-    result = TorchrunResult(0, 1.0, 0, "", {0: "zero", 1: "one"})
-    assert result.value == "zero"
-    assert TorchrunResult(0, 1.0, 0, "", {2: "two"}).value is None

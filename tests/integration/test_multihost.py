@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from harness.netns_hosts import TestHosts, unavailable_reason
-from harness.torchrun_nodes import FAST, job_on_hosts, lines_with, wait_for_output
+from tests.harness.netns_hosts import TestHosts, unavailable_reason
+from tests.harness.torchrun_nodes import FAST, job_on_hosts, lines_with, wait_for_output
 
 REASON = unavailable_reason()
 pytestmark = [

@@ -6,7 +6,7 @@ import tarfile
 
 import pytest
 
-from harness.flow_runs import REPO
+from tests.harness.flow_runs import REPO
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -1,9 +1,9 @@
 """Argo Workflows rehearsal: a compiled @torchrun flow's DAG run with pods as processes.
 
 ``python flow.py argo-workflows create --only-json`` compiles the flow and uploads
-its code package to S3 for real; ``rehearsal.argo`` then runs the workflow's
+its code package to S3 for real; ``tests.rehearsal.argo`` then runs the workflow's
 templates in DAG order as a controller would: the start step's container, the
-parallel step's JobSet (through ``rehearsal.kubernetes_standin``) with its
+parallel step's JobSet (through ``tests.rehearsal.kubernetes_standin``) with its
 parameters substituted, then the join and end containers.
 """
 
@@ -11,9 +11,9 @@ import re
 
 import pytest
 
-from harness.netns_hosts import unavailable_reason
-from rehearsal.argo import compiled_template, run_workflow, substitute
-from rehearsal.cluster import Cluster
+from tests.harness.netns_hosts import unavailable_reason
+from tests.rehearsal.argo import compiled_template, run_workflow, substitute
+from tests.rehearsal.cluster import Cluster
 
 REASON = unavailable_reason()
 pytestmark = [

@@ -3,7 +3,7 @@
 ``python flow.py run`` runs ``flows/remote_batch.py``, whose ``train`` step is
 ``@card`` + ``@batch`` + ``@torchrun`` with ``num_parallel=2``. Metaflow builds and registers the
 multi-node job definition, uploads the code package to S3 and submits the job for
-real; ``rehearsal.batch_standin`` answers the Batch API and runs each node's
+real; ``tests.rehearsal.batch_standin`` answers the Batch API and runs each node's
 container command, exactly as the job gives it, as a pod of the rehearsal cluster.
 
 Metaflow 2.19.39's Batch path has two problems of its own, both in the way of the
@@ -34,10 +34,10 @@ from typing import Iterator, List, Optional
 
 import pytest
 
-from harness.cards import find_card, rank_row
-from harness.netns_hosts import unavailable_reason
-from rehearsal.batch_standin import QUEUE, job_records
-from rehearsal.cluster import Cluster
+from tests.harness.cards import find_card, rank_row
+from tests.harness.netns_hosts import unavailable_reason
+from tests.rehearsal.batch_standin import QUEUE, job_records
+from tests.rehearsal.cluster import Cluster
 
 REASON = unavailable_reason()
 pytestmark = [

@@ -2,7 +2,7 @@
 
 ``python flow.py run`` runs on the laptop test host; Metaflow builds each JobSet
 and uploads the code package to S3 (a test server) for real, and
-``rehearsal.kubernetes_standin`` runs each pod's container command, exactly as the
+``tests.rehearsal.kubernetes_standin`` runs each pod's container command, exactly as the
 manifest gives it, in a test host of its own (see ``rehearsal/__init__.py`` for what
 this cannot show). One run per case family, to keep the time down:
 
@@ -26,12 +26,12 @@ from typing import Any, Dict, Iterator
 
 import pytest
 
-from harness.cards import find_card, rank_row
-from harness.flow_runs import FlowRun
-from harness.netns_hosts import unavailable_reason
-from rehearsal.cluster import Cluster
-from rehearsal.kubernetes_standin import expand
-from flows.remote_base import RENDEZVOUS_PORT
+from tests.harness.cards import find_card, rank_row
+from tests.harness.flow_runs import FlowRun
+from tests.harness.netns_hosts import unavailable_reason
+from tests.rehearsal.cluster import Cluster
+from tests.rehearsal.kubernetes_standin import expand
+from tests.flows.remote_base import RENDEZVOUS_PORT
 
 REASON = unavailable_reason()
 pytestmark = [

@@ -167,11 +167,6 @@ def test_a_store_that_goes_away_fails_the_job_at_once_not_after_heartbeat_timeou
             watcher.stop()
 
 
-def test_poll_interval_of_earlier_versions_is_accepted_and_means_nothing():
-    assert RendezvousSettings.from_config({"poll_interval": "0.1"}) == RendezvousSettings()
-    assert not hasattr(RendezvousSettings(), "poll_interval")
-
-
 class _RecordingStore:
     """A client store that records every request made through it: ``(method, arguments)``.
 

@@ -3,7 +3,7 @@
 ``python flow.py argo-workflows create --only-json`` compiles the flow (and uploads
 its code package to S3) for real; the test hands the printed WorkflowTemplate to
 ``run_workflow``, which runs this module on the laptop test host (``python -m
-rehearsal.argo``), as a workflow controller of the cluster would:
+tests.rehearsal.argo``), as a workflow controller of the cluster would:
 
 - from the entrypoint template down: ``dag`` templates run their tasks in the order
   their ``depends`` (``a.Succeeded && b.Succeeded``) allow, a task with ``withParam``
@@ -180,7 +180,7 @@ class WorkflowRun:
         return found
 
     def _run_container(self, template: Dict[str, Any], scope: Dict[str, str]) -> Dict[str, str]:
-        from rehearsal import cluster, kubernetes_standin
+        from tests.rehearsal import cluster, kubernetes_standin
 
         container = substitute(template["container"], scope)
         metadata = substitute(template.get("metadata") or {}, scope)
@@ -212,7 +212,7 @@ class WorkflowRun:
     def _run_resource(self, template: Dict[str, Any], scope: Dict[str, str]) -> Dict[str, str]:
         import yaml
 
-        from rehearsal import cluster, kubernetes_standin
+        from tests.rehearsal import cluster, kubernetes_standin
 
         resource = template["resource"]
         manifest = yaml.safe_load(substitute(resource["manifest"], scope))
@@ -254,7 +254,7 @@ def run_workflow(cluster: Any, template: Dict[str, Any], parameters: Dict[str, s
     workdir.mkdir()
     (workdir / "workflow.json").write_text(json.dumps(template))
     done = cluster.run_on_laptop(
-        [sys.executable, "-m", "rehearsal.argo", str(workdir / "workflow.json"),
+        [sys.executable, "-m", "tests.rehearsal.argo", str(workdir / "workflow.json"),
          str(workdir / "result.json"), *(f"{key}={value}" for key, value in parameters.items())],
         timeout=timeout)
     result_file = workdir / "result.json"
@@ -264,7 +264,7 @@ def run_workflow(cluster: Any, template: Dict[str, Any], parameters: Dict[str, s
 
 
 def main(argv: List[str]) -> int:
-    """``python -m rehearsal.argo WORKFLOW_JSON RESULT_JSON [NAME=VALUE ...]``."""
+    """``python -m tests.rehearsal.argo WORKFLOW_JSON RESULT_JSON [NAME=VALUE ...]``."""
     template = json.loads(Path(argv[0]).read_text())
     parameters = dict(item.split("=", 1) for item in argv[2:])
     run = WorkflowRun(template, parameters)

@@ -135,7 +135,7 @@ class _Job:
 
     def start(self) -> None:
         """Start the main node, then the others; then watch the job to its end."""
-        from rehearsal import cluster
+        from tests.rehearsal import cluster
 
         def spec(index: int, main_address: Optional[str]) -> Any:
             command, env = self.node_env(index, main_address)
@@ -397,7 +397,7 @@ def answer_requests(client: Any, api: BatchApi) -> None:
 
 def _wrap_get_aws_client(module: Any) -> None:
     """Wrap Metaflow's ``get_aws_client`` so that its ``batch`` clients are answered here."""
-    from rehearsal import cluster
+    from tests.rehearsal import cluster
 
     original = module.get_aws_client
     state_dir = cluster.state_dir()
@@ -417,7 +417,7 @@ def _wrap_get_aws_client(module: Any) -> None:
 
 def install() -> None:
     """Route the ``batch`` clients Metaflow creates in this process to the stand-in."""
-    from rehearsal import cluster
+    from tests.rehearsal import cluster
 
     cluster.call_when_imported(_AWS_CLIENT_MODULE, _wrap_get_aws_client)
 

@@ -8,17 +8,17 @@ Usage (a test)::
         cluster.pod_logs()            # {pod name: what the pod printed}
 
 ``Cluster`` makes the test hosts (network namespaces on a bridge, see
-``harness.netns_hosts``): host 0 is the laptop, where ``python flow.py run`` runs; host 1
-serves S3 (moto's server mode, bucket ``BUCKET``); the others are free for pods.
+``tests.harness.netns_hosts``): host 0 is the laptop, where ``python flow.py run`` runs;
+host 1 serves S3 (moto's server mode, bucket ``BUCKET``); the others are free for pods.
 It writes a cluster description (JSON) and names it in ``CLUSTER_VAR`` on the flow
-process, whose ``PYTHONPATH`` holds ``site/`` and ``tests/`` (for ``rehearsal`` and
-``harness``): its ``sitecustomize`` installs the
-stand-ins the description lists (``install()`` of ``rehearsal.<name>_standin``) in
+process, whose ``PYTHONPATH`` holds ``site/`` and the repository root (for
+``tests.rehearsal`` and ``tests.harness``): its ``sitecustomize`` installs the
+stand-ins the description lists (``install()`` of ``tests.rehearsal.<name>_standin``) in
 every Python process of the flow run. Pods never get either variable.
 
 Usage (a stand-in, inside Metaflow's processes)::
 
-    from rehearsal import cluster
+    from tests.rehearsal import cluster
     pods = cluster.start_pods([cluster.PodSpec(name=..., hostname=..., command=[...], env={...})])
     pods[0].poll(); pods[0].wait(5); pods[0].kill(); pods[0].address; pods[0].log_path
     cluster.state_dir()              # a directory for the stand-in's own records
@@ -37,7 +37,7 @@ from the moment that pod starts, as a cluster's DNS would (a pod started late is
 unknown until then).
 
 Every process of a flow run and of its pods carries the test's marker variable
-(``harness.processes.MARKER_VAR``): ``Cluster.kill_all`` kills whatever is left.
+(``tests.harness.processes.MARKER_VAR``): ``Cluster.kill_all`` kills whatever is left.
 """
 
 import contextlib
@@ -58,10 +58,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
-from harness.cards import read_cards
-from harness.flow_runs import FLOWS, FlowRun, run_to_end
-from harness.netns_hosts import TestHosts
-from harness.processes import MARKER_VAR, is_alive, kill_processes, processes_with_marker
+from tests.harness.cards import read_cards
+from tests.harness.flow_runs import FLOWS, FlowRun, run_to_end
+from tests.harness.netns_hosts import TestHosts
+from tests.harness.processes import MARKER_VAR, is_alive, kill_processes, processes_with_marker
 
 from . import metadata_service
 
@@ -80,7 +80,7 @@ AWS_ENV = {
 # PATH of a stock container image, after the pod Python environment's bin.
 _IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _HOSTS_HEADER = "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
-_TESTS = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]
 _SITE = Path(__file__).resolve().parent / "site"
 _LAPTOP, _S3_HOST, _FIRST_POD_HOST = 0, 1, 2
 _POLL_SECONDS = 0.05
@@ -394,8 +394,8 @@ class Cluster:
             "HOME": str(self.root / "home"),
             "TMPDIR": str(self.root / "tmp"),
             "LANG": "C.UTF-8",
-            # site/ for sitecustomize; tests/ for the packages it imports (rehearsal, harness)
-            "PYTHONPATH": os.pathsep.join([str(_SITE), str(_TESTS)]),
+            # site/ for sitecustomize; the repository root for what it imports (tests.rehearsal)
+            "PYTHONPATH": os.pathsep.join([str(_SITE), str(_REPO)]),
             CLUSTER_VAR: str(self._write_description(0.0)),
             MARKER_VAR: self.marker,
             "METAFLOW_HOME": str(self.root / "home"),
@@ -494,7 +494,7 @@ class Cluster:
         """``{pathspec: Markdown}`` of the cards of ``target`` (a task, or
         ``Flow/latest/step``), read on the laptop with Metaflow's client (``env`` over
         the cluster's: the run's metadata), once one holds every text of ``want`` (or at
-        ``timeout``); see ``harness.cards``."""
+        ``timeout``); see ``tests.harness.cards``."""
         return read_cards(lambda argv, limit: self.run_on_laptop(argv, limit, env),
                           [target], want, timeout)
 

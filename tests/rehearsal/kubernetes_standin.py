@@ -26,9 +26,15 @@ What the cluster does and the stand-in does too:
 - the pods start in the order of the replicated jobs (control first), which startup
   policy ``InOrder`` asks for and no startup policy allows;
 - the JobSet succeeds when every pod has, and fails when one pod has failed (no
-  failure policy, so no restarts): the failure shows in its status
+  failure policy, so no restarts): the failure shows in its status no sooner than
   ``STATUS_DELAY_SECONDS`` after the pod ended, as the controllers pass it on, and
-  the other pods are then stopped.
+  the other pods are then stopped. A cluster stops a pod with SIGTERM and a grace
+  period (30 s by default) before SIGKILL, time in which a control pod names the
+  failure and saves its logs; the stand-in stops a pod with SIGKILL at once, so it
+  waits for that event instead of a time: a control pod that has started is left to
+  end by itself first (for at most ``CONTROL_END_TIMEOUT_SECONDS``, which only a
+  control pod that never ends meets). The rehearsal then holds whatever the
+  machine's speed.
 
 The test may hold the control pod back (``control_start_delay`` in the cluster
 description): a control pod that starts after its workers, as a slow image pull or
@@ -44,10 +50,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 _JOBSETS_MODULE = "metaflow.plugins.kubernetes.kubernetes_jobsets"
 _JOBSET_LABEL = "jobset.sigs.k8s.io/"
-# How long a pod's failure takes to show in the JobSet's status (kubelet, Job and JobSet
-# controllers each update in turn, a few seconds on a cluster); until then the other
+# How long a pod's failure takes at least to show in the JobSet's status (kubelet, Job and
+# JobSet controllers each update in turn, a few seconds on a cluster); until then the other
 # pods run on.
 STATUS_DELAY_SECONDS = 2.0
+# How long a started control pod may take at most, after another pod failed, to end by
+# itself before the JobSet's failure stops it (see the module's docstring).
+CONTROL_END_TIMEOUT_SECONDS = 300.0
 _POD_SUFFIX = "0"  # the pod's completion index in its one-pod indexed Job
 _ANNOTATION_OR_LABEL = re.compile(r"^metadata\.(annotations|labels)\['(?P<key>[^']*)'\]$")
 
@@ -164,7 +173,7 @@ def pod_object(name: str, hostname: str, namespace: str, labels: Dict[str, str],
 def container_pod(pod: Dict[str, Any], container: Dict[str, Any], start_delay: float = 0.0,
                   volumes: Optional[Dict[str, str]] = None) -> Any:
     """The PodSpec that runs ``container`` of ``pod`` (see ``pod_object``)."""
-    from rehearsal import cluster
+    from tests.rehearsal import cluster
 
     def environment(address: str) -> Dict[str, str]:
         pod["status"] = {"hostIP": address, "podIP": address}  # one pod per node here
@@ -220,13 +229,20 @@ class StandInJobSet:
         if self._failed is not None:
             return
         now = time.monotonic()
-        for pod in self._all():
-            if pod.poll() not in (None, 0):
-                seen = self._failures_seen.setdefault(pod.name, now)
-                if now - seen >= STATUS_DELAY_SECONDS:
-                    self._failed = pod
-                    self.kill()  # the JobSet fails at the first failed Job: the rest are stopped
-                    return
+        failed = [pod for pod in self._all() if pod.poll() not in (None, 0)]
+        if not failed:
+            return
+        for pod in failed:
+            self._failures_seen.setdefault(pod.name, now)
+        first = min(failed, key=lambda pod: self._failures_seen[pod.name])
+        waited = now - self._failures_seen[first.name]
+        control = self._pods["control"][0]
+        # A started control pod names the failure and saves its logs before it ends.
+        control_running = control.started and control.poll() is None
+        if waited >= STATUS_DELAY_SECONDS and (
+                not control_running or waited >= CONTROL_END_TIMEOUT_SECONDS):
+            self._failed = first
+            self.kill()  # the JobSet fails at the first failed Job: the rest are stopped
 
     @property
     def id(self) -> str:
@@ -279,7 +295,7 @@ class StandInJobSet:
 
 def start(manifest: Dict[str, Any], control_start_delay: float = 0.0) -> StandInJobSet:
     """Start the pods of a JobSet manifest, control first (see the module's docstring)."""
-    from rehearsal import cluster
+    from tests.rehearsal import cluster
 
     specs = pod_specs(manifest, control_start_delay)
     # One start_pods call, so that every pod resolves the others' names as DNS would; pods
@@ -293,7 +309,7 @@ def start(manifest: Dict[str, Any], control_start_delay: float = 0.0) -> StandIn
 
 def install() -> None:
     """Replace ``KubernetesJobSet.execute`` once Metaflow loads it (in this process)."""
-    from rehearsal import cluster
+    from tests.rehearsal import cluster
 
     def patch(module: Any) -> None:
         def execute(jobset: Any) -> StandInJobSet:

@@ -9,7 +9,7 @@ real cluster.
 
 The environment is built once and kept under the test environment's own
 directory (``<venv>/rehearsal-pod-env-<key>``), the key naming the versions, so
-that a change of version builds a new one; ``harness.venvs.venv_in_use`` builds
+that a change of version builds a new one; ``tests.harness.venvs.venv_in_use`` builds
 it (once across concurrent callers, never using a half-built one).
 """
 
@@ -18,7 +18,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from harness.venvs import TORCH_REQUIREMENT, venv_in_use
+from tests.harness.venvs import TORCH_REQUIREMENT, venv_in_use
 
 # Installed at the versions the tests run with, so that pods and the flow agree.
 _SAME_AS_TESTS = ("metaflow", "boto3", "requests", "numpy")  # numpy: torch warns without it
@@ -38,7 +38,7 @@ def _location() -> Path:
 def pod_python_env() -> Path:
     """The environment's directory (its ``bin/python`` is the pods' Python); built if missing.
 
-    Raises ``harness.venvs.VenvBuildError``, with pip's output, when the build fails.
+    Raises ``tests.harness.venvs.VenvBuildError``, with pip's output, when the build fails.
     """
     with venv_in_use(_location(), requirements(), "the pod environment") as location:
         return location

@@ -15,7 +15,7 @@ end of ``main`` as there. What differs:
   where the snapshot goes (the published script writes ``snapshot.pt`` in the
   working directory);
 - at the end every rank prints one line with the number of samples trained on by
-  all ranks (an ``all_reduce``) for tests/test_ecosystem.py.
+  all ranks (an ``all_reduce``) for tests/integration/test_ecosystem.py.
 """
 import argparse
 import os

@@ -1,7 +1,7 @@
 """What the ecosystem scripts next to this file share: their data and how they report.
 
 Each script trains a linear regression on the same small synthetic data set, then
-prints one line per rank, read by tests/test_ecosystem.py:
+prints one line per rank, read by tests/integration/test_ecosystem.py:
 
     <name> rank=<global rank> local=<local rank> world=<world size> samples=<n> params=<sum>
 

@@ -2,16 +2,16 @@
 
 The test puts this directory on the flow process's PYTHONPATH, so Python imports
 this module at start-up in the flow process and in all of Metaflow's subprocesses
-(``kubernetes step``, ``batch step``, ...); ``tests/``, also on that PYTHONPATH,
-holds the ``rehearsal`` package. It does nothing unless the cluster description
-variable is set; pods never get either.
+(``kubernetes step``, ``batch step``, ...); the repository root, also on that
+PYTHONPATH, holds the ``tests.rehearsal`` package. It does nothing unless the
+cluster description variable is set; pods never get either.
 """
 
 import importlib
 import os
 
 if os.environ.get("METAFLOW_TORCHRUN_REHEARSAL_CLUSTER"):
-    from rehearsal import cluster
+    from tests.rehearsal import cluster
 
     for _name in cluster.description()["standins"]:
-        importlib.import_module(f"rehearsal.{_name}_standin").install()
+        importlib.import_module(f"tests.rehearsal.{_name}_standin").install()
