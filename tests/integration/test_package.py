@@ -2,7 +2,9 @@
 
 import subprocess
 import sys
+import sysconfig
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +86,45 @@ def test_installed_package_registers_the_decorator(tmp_path):
     decorator_file, torch_imported = probe.stdout.split()
     assert decorator_file.startswith(str(target))
     assert torch_imported == "False"  # every `import metaflow` loads the extension: no torch
+
+
+def test_installing_over_the_original_package_replaces_it(tmp_path):
+    """The registry's metaflow-torchrun 0.2.2 first, then this package, in one venv: pip
+    upgrades (our version sorts above), Metaflow loads ours, no file of the original is left."""
+    wheels = tmp_path / "wheels"
+    for what in (["download", "metaflow-torchrun==0.2.2"],
+                 ["wheel", "--no-build-isolation", str(REPO)]):
+        made = subprocess.run([sys.executable, "-m", "pip", *what, "--quiet", "--no-deps",
+                               "-d" if what[0] == "download" else "-w", str(wheels)],
+                              cwd=tmp_path, capture_output=True, text=True)
+        assert made.returncode == 0, made.stderr[-3000:]
+    original = next(wheels.glob("metaflow_torchrun-0.2.2-*.whl"))
+    ours = next(path for path in wheels.glob("metaflow_torchrun-*.whl") if path != original)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps"]
+    site = next(venv.glob("lib/python*/site-packages"))
+    subprocess.run([*pip, str(original)], check=True, capture_output=True)
+    original_files = {path.relative_to(site) for path in (site / "metaflow_extensions").rglob("*.py")}
+    upgrade = subprocess.run([*pip, str(ours)], capture_output=True, text=True)
+    assert upgrade.returncode == 0, upgrade.stderr[-3000:]
+    ours_files = {path.relative_to(site) for path in (site / "metaflow_extensions").rglob("*.py")}
+    assert ours_files == {Path("metaflow_extensions/torchrun") / name for name in EXTENSION_FILES}
+    assert original_files - ours_files  # the original had files of its own, and they are gone
+    # Metaflow and torch come from this environment; the extension only from the new venv.
+    probe = subprocess.run(
+        [str(venv / "bin" / "python"), "-c",
+         "import sys\n"
+         "from metaflow import TorchrunSingleNodeMultiGPU, torchrun\n"
+         "print(sys.modules[torchrun.args[0].__module__].__file__)\n"
+         "print(sys.modules[TorchrunSingleNodeMultiGPU.__module__].__file__)"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": sysconfig.get_paths()["purelib"], "PATH": "/usr/bin:/bin",
+             "METAFLOW_USER": "tester",
+             "METAFLOW_HOME": str(tmp_path / "home"), "METAFLOW_EXTENSIONS_SEARCH_DIRS": str(site)},
+        capture_output=True,
+        text=True,
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    for loaded in probe.stdout.split():
+        assert loaded.startswith(str(site / "metaflow_extensions" / "torchrun" / "plugins")), loaded
