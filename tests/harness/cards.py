@@ -11,9 +11,9 @@ import sys
 from typing import Callable, Dict, List, Sequence
 
 # Prints, as a JSON object {pathspec: Markdown}, the Markdown of the cards of each target
-# (argv[3:]: a task's pathspec, or "Flow/latest/step" for every task of the step in the
+# (argv[4:]: a task's pathspec, or "Flow/latest/step" for every task of the step in the
 # flow's latest run), once one task's cards hold every text of the JSON list argv[2], or
-# at the deadline argv[1].
+# at the deadline argv[1]; argv[3] "live" adds the live view's latest data.
 _READER = r"""
 import base64, json, re, sys, time
 from metaflow import Flow, Task
@@ -25,6 +25,8 @@ def markdown(task):
         for card in get_cards(task):
             found = re.search(r'__MF_DATA__\["[^"]+"\] = "([^"]+)"', card.get())
             stack = [json.loads(base64.b64decode(found.group(1)))]
+            if LIVE:  # the live view's latest data (Metaflow's client: an internal method)
+                stack.append(card.get_data() or {})
             while stack:  # depth first, in the card's order
                 item = stack.pop()
                 if isinstance(item, dict):
@@ -48,7 +50,8 @@ def tasks(target):
     except Exception:  # the run or its step not registered yet
         return []
 
-deadline, want, targets = time.monotonic() + float(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3:]
+deadline, want = time.monotonic() + float(sys.argv[1]), json.loads(sys.argv[2])
+LIVE, targets = sys.argv[3] == "live", sys.argv[4:]
 while True:
     texts = {task.pathspec: markdown(task) for target in targets for task in tasks(target)}
     if any(all(w in text for w in want) for text in texts.values()) or time.monotonic() > deadline:
@@ -60,15 +63,18 @@ while True:
 
 def read_cards(run: Callable[[List[str], float], "subprocess.CompletedProcess[str]"],
                targets: Sequence[str], want: Sequence[str] = (),
-               timeout: float = 0) -> Dict[str, str]:
+               timeout: float = 0, live: bool = False) -> Dict[str, str]:
     """``{pathspec: Markdown}`` of the cards of ``targets``, once one task's cards hold
     every text of ``want`` (or after ``timeout`` seconds).
+
+    ``live``: also the live view's latest data (what ``card server`` shows between
+    renders: a rank's new lines re-render no card, they only update that data).
 
     ``run(argv, timeout)`` runs the reader with the flow's environment, where
     Metaflow's client finds the run, and returns its completed process.
     """
     reader = run([sys.executable, "-c", _READER, str(timeout), json.dumps(list(want)),
-                  *targets], timeout + 60)
+                  "live" if live else "rendered", *targets], timeout + 60)
     assert reader.returncode == 0, reader.stderr[-3000:]
     return json.loads(reader.stdout)
 

@@ -29,14 +29,16 @@ def card_env(flows) -> dict:
     return {"METAFLOW_DATASTORE_SYSROOT_LOCAL": str(flows.root)}
 
 
-def card_texts(flows, *pathspecs: str, want: List[str] = (), timeout: float = 0) -> List[str]:
-    """The Markdown of each task's cards, once one's holds every text of ``want``
-    (or at ``timeout``); one reader process for all, since each imports Metaflow."""
+def card_texts(flows, *pathspecs: str, want: List[str] = (), timeout: float = 0,
+               live: bool = False) -> List[str]:
+    """The Markdown of each task's cards (``live``: with the live view's data), once one's
+    holds every text of ``want`` (or at ``timeout``); one reader process for all, since
+    each imports Metaflow."""
     def run(argv: List[str], limit: float) -> subprocess.CompletedProcess:
         return subprocess.run(argv, env={**flows.env, **card_env(flows)}, cwd=flows.root,
                               capture_output=True, text=True, timeout=limit)
 
-    texts = read_cards(run, pathspecs, want, timeout)
+    texts = read_cards(run, pathspecs, want, timeout, live)
     return [texts[pathspec] for pathspec in pathspecs]
 
 
@@ -68,10 +70,12 @@ def test_card_is_live_while_ranks_run_then_shows_every_rank_done(flows):
     print("LIVE CARD: all ranks seen running at wall times",
           re.findall(r"\| ▶ running \| [^|]* \| ([0-9.]+) s \|", live))
     # Lines alone travel once per lines interval: node 1 writes them at most that often
-    # and node 0 looks for them as often (card.relay.StoreRelay). The ranks go on only once
-    # node 0's card shows node 1's first lines, however long that took.
+    # and node 0 looks for them as often (card.relay.StoreRelay); they update node 0's live
+    # view, not its rendered card. The ranks go on only once that view shows node 1's
+    # first lines, however long that took.
     node_1_lines = [f"started rank={rank}" for rank in (2, 3)]
-    [relayed] = card_texts(flows, paths[0], want=node_1_lines, timeout=CARD_DEADLINE_SECONDS)
+    [relayed] = card_texts(flows, paths[0], want=node_1_lines, timeout=CARD_DEADLINE_SECONDS,
+                           live=True)
     for expected in node_1_lines:
         assert expected in relayed, relayed
     release.touch()  # the ranks wait for it
