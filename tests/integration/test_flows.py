@@ -84,6 +84,18 @@ def test_raising_rank_is_named_with_its_traceback(flows):
     assert flows.live_processes() == []
 
 
+def test_a_progress_bar_shows_as_its_latest_state_not_as_torn_lines(flows):
+    run = flows.run("two_nodes.py", "--script", "workers/progress_bar.py", "--nproc", "2")
+    assert run.returncode == 0, run.output[-4000:]
+    train = run.task_lines("train")
+    bar = [line for line in train if "training: " in line]
+    # 30 redraws in 3 s: its state at most every 2 s, and its final state.
+    assert bar and bar[-1] == "[rank0]: training: 30/30 [##########]", train
+    assert len(bar) <= 4, bar
+    assert all(line.count("[rank") == 1 and line.startswith("[rank0]: training: ") for line in bar), bar
+    assert flows.live_processes() == []
+
+
 def test_five_megabytes_on_stderr_alone(flows):
     lines = 50_000  # about 5 MB with the line text of flood_stderr.py
     run = flows.run(

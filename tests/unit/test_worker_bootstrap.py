@@ -164,3 +164,28 @@ def test_child_dies_with_its_parent(tmp_path):
     while is_alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not is_alive(child)
+
+
+def test_a_line_redrawn_with_carriage_returns_goes_on_as_its_latest_state():
+    import io
+
+    out, now = io.StringIO(), [0.0]
+    lines = worker_bootstrap.ProgressLines(out, interval=2.0, clock=lambda: now[0])
+    lines.write("plain ")
+    assert out.getvalue() == ""  # a whole line at a time
+    lines.write("text\n")
+    for step in range(1, 31):  # tqdm's way: "\r" and the new state, no newline
+        now[0] = step * 0.5
+        lines.write(f"\rtraining: {step}/30")
+    lines.write("\n")
+    lines.write("\rlast 1/2")
+    lines.write("\rlast 2/2")
+    assert out.getvalue().splitlines()[-1] == "last 1/2"  # the final state waits for the end
+    lines.finish()
+    shown = out.getvalue().splitlines()
+    assert shown[0] == "plain text"
+    bar = [line for line in shown if line.startswith("training")]
+    # at most one state per 2 s of the 15 s, and the final one; no "\r" handed on
+    assert bar == [f"training: {step}/30" for step in (1, 5, 9, 13, 17, 21, 25, 29, 30)]
+    assert shown[-2:] == ["last 1/2", "last 2/2"] and "\r" not in out.getvalue()
+    assert lines.encoding == out.encoding  # the rest is the wrapped stream's

@@ -8,9 +8,10 @@ value). The bootstrap
 
 - makes the worker die with its torchrun agent (``PR_SET_PDEATHSIG`` on
   Linux), so that a killed agent leaves no worker holding a GPU;
-- makes stdout and stderr line buffered: torchrun's ``-u`` would otherwise
-  write ``print("x")`` as two writes, and the agent's log tailer could then
-  split a line between two rank prefixes;
+- makes stdout and stderr hand on whole lines only (``ProgressLines``):
+  torchrun's ``-u`` would otherwise write ``print("x")`` as two writes, and a
+  progress bar redraws its line with ``\\r``; the agent's log tailer, which
+  reads by lines, then split lines between rank prefixes;
 - runs TARGET as ``__main__`` with ``sys.argv`` and ``sys.path[0]`` as
   ``python TARGET ARGS`` or ``python -m TARGET ARGS`` would set them; or
   imports a function's module from SEARCH_DIR, calls the function once with
@@ -35,6 +36,7 @@ one of our packages) and must stay importable without Metaflow.
 import atexit
 import ctypes
 import importlib
+import math
 import json
 import os
 import pickle
@@ -44,7 +46,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, List, NoReturn, Optional
+from typing import Any, Callable, List, NoReturn, Optional
 
 _PR_SET_PDEATHSIG = 1
 # How long destroying the program's process groups may take. NCCL's destroy can
@@ -70,6 +72,79 @@ def die_with_parent(sig: int, expected_parent: Optional[int] = None) -> None:
     parent = os.getppid()
     if parent == 1 or (expected_parent is not None and parent != expected_parent):
         os._exit(1)
+
+
+# How often a line redrawn with "\r" (a progress bar) is handed on in its latest state.
+_PROGRESS_SECONDS = 2.0
+
+
+class ProgressLines:
+    """A worker's stdout or stderr that hands torchrun's log tailer whole lines only.
+
+    A progress bar (tqdm, as Lightning and the Trainer draw one) redraws one line
+    with ``\\r`` and no newline. torchrun's tailer reads the rank's log file by
+    lines, ``\\r`` ending one too, often halfway through a redraw: every update
+    became a line of its own, and a torn one (``[rank0]: training: 1/30
+    [#..][rank0]:``). Here a redrawn line is handed on as its latest state, ended
+    by a newline, at most once per ``interval`` seconds, and always in its final
+    state (at its newline, or at the worker's end: ``finish``). Other text goes on
+    as it was written, a whole line at a time. Everything but ``write``,
+    ``flush`` and ``finish`` is the wrapped stream's (``fileno``, ``isatty``, ...).
+    """
+
+    def __init__(self, stream: Any, interval: float = _PROGRESS_SECONDS,
+                 clock: Callable[[], float] = time.monotonic):
+        self._stream = stream
+        self._interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._pending = ""  # the unfinished line; once redrawn, its latest state
+        self._shown = ""  # the state of the redrawn line last handed on
+        self._shown_at = -math.inf
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            *lines, rest = (self._pending + text).split("\n")
+            for line in lines:
+                state = _latest_state(line)
+                if state != self._shown or not state:  # its final state, unless just shown
+                    self._stream.write(state + "\n")
+                self._shown, self._shown_at = "", -math.inf
+            self._pending = rest
+            if "\r" in rest:
+                self._pending = _latest_state(rest)
+                now = self._clock()
+                if (self._pending and self._pending != self._shown
+                        and now - self._shown_at >= self._interval):
+                    self._stream.write(self._pending + "\n")
+                    self._shown, self._shown_at = self._pending, now
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def finish(self) -> None:
+        """Hand on the unfinished line (a progress bar's final state) as a whole line."""
+        with self._lock:
+            if self._pending and self._pending != self._shown:
+                self._stream.write(self._pending + "\n")
+            self._pending = self._shown = ""
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _latest_state(line: str) -> str:
+    """What a line redrawn with ``\\r`` shows last: its last non-empty part."""
+    parts = [part for part in line.split("\r") if part]
+    return parts[-1] if parts else ""
+
+
+def _finish_output() -> None:
+    """Hand on what the program left unfinished on stdout and stderr, then flush both."""
+    for stream in (sys.stdout, sys.stderr):
+        (stream.finish if isinstance(stream, ProgressLines) else stream.flush)()
 
 
 # Frames of the machinery between the bootstrap and the user's first line.
@@ -183,8 +258,7 @@ def end_process_groups() -> None:
 
 def _exit_zero_now() -> NoReturn:
     """Flush what the worker printed and exit with code 0, skipping the teardown."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _finish_output()
     os._exit(0)
 
 
@@ -210,6 +284,8 @@ def main(argv: List[str]) -> None:
     die_with_parent(signal.SIGKILL)
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True, write_through=False)
+    sys.stdout, sys.stderr = ProgressLines(sys.stdout), ProgressLines(sys.stderr)
+    atexit.register(_finish_output)  # an exit through the interpreter (a failure)
     sys.path[0] = search_dir
     sys.argv = [target, *args]  # run_module replaces argv[0] with the module's file
     try:
@@ -228,7 +304,7 @@ def main(argv: List[str]) -> None:
         formatted = _user_traceback(error)
         record_error(error, formatted)
         sys.stderr.write(formatted)
-        sys.stderr.flush()
+        _finish_output()
         sys.exit(1)
     exit_after_success()
 
