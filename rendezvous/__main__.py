@@ -1,4 +1,5 @@
-"""``python -m rendezvous ARGS`` is ``torchrun ARGS`` with the ``metaflow`` backend registered.
+"""``python -m rendezvous ARGS`` is ``torchrun ARGS`` with the ``metaflow`` backend registered,
+and an agent whose restart count is the job's (``rendezvous.agent``).
 
 Use it where the package's entry point is not installed, as on the remote nodes
 of a Metaflow run, which receive the package inside Metaflow's code package.
@@ -34,12 +35,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     from torch.distributed.run import main as torchrun_main
 
     from . import register
+    from .agent import use_job_restart_count
     from .errors import MetaflowRendezvousError
     from .failure import Failure, FailureKind
     from .failures import child_failure
     from .outcome import report, stop_reason
 
     register()
+    use_job_restart_count()
     node_index = _node_index()
     try:
         # torchrun turns a malformed --rdzv-conf (and other bad flags) into a

@@ -116,6 +116,11 @@ class MetaflowRendezvousHandler(RendezvousHandler):
     def node_index(self) -> int:
         return self.topology.node_index
 
+    @property
+    def round(self) -> int:
+        """The round joined last: k after the job's k-th restart (-1 before the first)."""
+        return self._round
+
     def joined_a_round(self) -> bool:
         """Whether this node is past its first round (it completed once)."""
         return self._round >= 0

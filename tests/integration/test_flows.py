@@ -161,6 +161,30 @@ def test_max_restarts_recovers_and_counts_the_restart(flows):
     assert flows.live_processes() == []
 
 
+def test_one_restart_count_for_the_job_on_every_node(flows):
+    # Rank 3 (node 1) fails in round 0; node 0's healthy ranks restart with node 1's.
+    run = flows.run("two_nodes.py", "--script", "workers/fail_per_round.py",
+                    "--script_args", '{"fail-ranks": "3"}', "--torchrun_args", '{"max_restarts": 1}')
+    assert run.returncode == 0, run.output[-6000:]
+    train = "\n".join(run.task_lines("train"))
+    for rank in range(4):
+        assert f"[rank{rank}]: rank={rank} restart_count=1 sum=4" in train, train[-4000:]
+    assert all(fields["restarts"] == "1" for fields in results(run).values()), results(run)
+
+
+def test_max_restarts_bounds_the_job_whichever_nodes_fail(flows):
+    # One restart for the job: rank 1 (node 0) fails in round 0, rank 3 (node 1) in round 1.
+    # With torch's count per node, each node would have spent its own restart, and the
+    # job would have restarted twice.
+    run = flows.run("two_nodes.py", "--script", "workers/fail_per_round.py",
+                    "--script_args", '{"fail-ranks": "1,3"}', "--torchrun_args", '{"max_restarts": 1}')
+    assert run.returncode != 0
+    train = "\n".join(run.task_lines("train"))
+    assert "RuntimeError: rank 3 fails in round 1" in train, train[-4000:]
+    assert "restart_count=2" not in train and "RESULT node=" not in train
+    assert flows.live_processes() == []
+
+
 def test_retry_forms_a_fresh_rendezvous(flows):
     run = flows.run("retry_flow.py")
     assert run.returncode == 0, run.output[-6000:]

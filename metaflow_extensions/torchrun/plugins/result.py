@@ -11,8 +11,9 @@ class TorchrunResult:
     Attributes:
         exit_code: exit code of this node's torchrun agent (0).
         wall_time: seconds from starting the agent to its exit, on this node.
-        restarts: how many times the workers were restarted in new rendezvous
-            rounds on this node (``--max-restarts`` allows them).
+        restarts: how many times the job restarted its workers in a new
+            rendezvous round, the same on every node (``--max-restarts`` bounds
+            it for the whole job).
         log_dir: directory with this node's per-rank logs:
             ``<rdzv id>_*/attempt_<n>/<local rank>/{stdout,stderr}.log``.
         return_values: for a function entrypoint, ``{global rank: returned
