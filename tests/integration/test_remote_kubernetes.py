@@ -40,6 +40,8 @@ pytestmark = [
     pytest.mark.skipif(REASON is not None, reason=f"no test hosts: {REASON}"),
 ]
 LATE_CONTROL_SECONDS = 4
+# @timeout(seconds=...) of tests/flows/remote_timeout.py
+TIMEOUT_SECONDS = 60
 TRAIN_TASKS = "RemoteTrainingFlow/latest/train"
 WORKER_LINE = re.compile(r"WORKER rank=(\d+) world=(\d+) local_world=(\d+) master_port=(\d+) "
                          r"host=(\S+) sum=(\S+)")
@@ -200,3 +202,36 @@ def test_rank_raising_on_a_worker_pod_with_a_live_card(clean_cluster):
     assert rank_row(0, 0, 0, "failed") in final or rank_row(0, 0, 0, "stopped") in final, final
     assert "**global rank 1 on node 1 (local rank 0), exit 1** failed first" in final, final
     assert "RuntimeError: rank 1 failed on purpose" in final, final
+
+
+def test_retry_runs_the_next_attempt_on_every_pod(clean_cluster):
+    """Rank 1 raises in attempt 0; @retry runs attempt 1 on both pods, with a rendezvous of
+    its own."""
+    run = clean_cluster.run_flow("remote_decorators.py")
+    assert run.returncode == 0, run.output[-6000:]
+    assert "JOINED nodes=[0, 1]" in run.task_lines("join")
+    assert "RuntimeError: planned failure in attempt 0" in run.output, run.output[-4000:]
+    # Two JobSets, one per attempt; each pod's own log has its node's RESULT.
+    logs = jobset_logs(clean_cluster, run)
+    assert len(logs) == 4, list(logs)
+    pods = "\n".join(logs.values())
+    for node in (0, 1):
+        assert re.search(rf"RESULT node={node} attempt=1 log_dir=\S+-a1-c1/node-{node}", pods), pods[-4000:]
+        assert f"RESULT node={node} attempt=0" not in pods
+
+
+def test_timeout_stops_the_job_on_every_pod(clean_cluster):
+    run = clean_cluster.run_flow("remote_timeout.py")
+    assert run.returncode != 0
+    logs = jobset_logs(clean_cluster, run)
+    assert len(logs) == 2, list(logs)
+    for name, text in logs.items():
+        # Each pod's task says why it stopped: its own @timeout, or the other pod's.
+        assert re.search(r"node \d failed first: its step was interrupted: TimeoutException: "
+                         r"Step train timed out after", text), (name, text[-4000:])
+        # From the step's start to the pod's end: the timeout, and every process of the pod
+        # stopped within 15 s more (the step starts after @timeout's clock does).
+        step_started = float(re.search(r"STEP STARTED at=([0-9.]+)", text).group(1))
+        stopped_after = clean_cluster.pod_ended(name) - step_started
+        print(f"TIMEOUT: pod {name.rsplit('-', 4)[1]} ended {stopped_after:.1f} s after its step started")
+        assert stopped_after < TIMEOUT_SECONDS + 15, (name, stopped_after)

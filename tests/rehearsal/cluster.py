@@ -510,6 +510,10 @@ class Cluster:
             raise KeyError(name)
         return json.loads(record.read_text())["started"]
 
+    def pod_ended(self, name: str) -> float:
+        """When pod ``name`` last wrote to its log (``time.time()``): its end, once it ended."""
+        return (self.state / "pods" / f"{name}.log").stat().st_mtime
+
     def live_processes(self) -> List[int]:
         """Processes of the flow runs and their pods that are still alive."""
         return processes_with_marker(self.marker)
