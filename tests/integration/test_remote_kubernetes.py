@@ -12,7 +12,9 @@ this cannot show). One run per case family, to keep the time down:
   nodes, and ``rendezvous`` comes from the code package;
 - with a metadata service and a card, a rank raising on the worker pod: node 0's card,
   refreshed on its pod and read from S3 on the laptop, shows both ranks running while
-  they wait; then the run fails, naming the rank, and the card names it too.
+  they wait; then the run fails, naming the rank, and the card names it too;
+- @retry: a rank raises in attempt 0, attempt 1 succeeds on both pods;
+- @timeout(seconds=60): the ranks idle, every pod stops within the timeout and 15 s.
 """
 
 import json
