@@ -31,7 +31,7 @@ demo: venv
 	METAFLOW_USER=$(DEMO_USER) $(BIN)/python examples/hello/flow.py run
 
 test: $(VENV)/.test-extras
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=25
 
 bench: $(VENV)/.test-extras
 	bench/run_in_netns.sh $(BIN)/python -m bench.rendezvous_round
