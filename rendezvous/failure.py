@@ -16,7 +16,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 # How many of the last lines of a failing rank's traceback travel with a failure.
 TRACEBACK_TAIL_LINES = 20
@@ -28,6 +28,21 @@ def traceback_tail(text: str) -> str:
     """The last ``TRACEBACK_TAIL_LINES`` lines of a traceback (or of any text), at most
     ``TRACEBACK_TAIL_CHARS`` characters."""
     return "\n".join(text.rstrip().splitlines()[-TRACEBACK_TAIL_LINES:])[-TRACEBACK_TAIL_CHARS:]
+
+
+def worker_error(entry: object) -> Tuple[str, str]:
+    """The error and its Python stack ("" without) from the ``message`` entry of
+    torchelastic's error file: a dict in the layout torch's ``@record`` and our worker
+    bootstrap write (``message``, ``extraInfo.py_callstack``), or plain text."""
+    if isinstance(entry, dict):
+        return str(entry.get("message", "")), str(entry.get("extraInfo", {}).get("py_callstack", ""))
+    return str(entry), ""
+
+
+def last_line(text: str) -> str:
+    """The last line of an error's text ("ValueError: boom" of a chained one), "" for none."""
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 class FailureKind(str, Enum):
@@ -139,4 +154,6 @@ class Failure:
         return cls.from_dict(json.loads(line))
 
 
-__all__ = ["Failure", "FailureKind", "TRACEBACK_TAIL_LINES", "traceback_tail"]
+__all__ = [
+    "Failure", "FailureKind", "TRACEBACK_TAIL_LINES", "last_line", "traceback_tail", "worker_error",
+]

@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 from .errors import MetaflowRendezvousError
-from .failure import Failure, FailureKind, traceback_tail
+from .failure import Failure, FailureKind, last_line, traceback_tail, worker_error
 
 # Worker errors that say a peer went away: the failure of one rank makes the
 # ranks talking to it fail like this, so such a failure is rarely the root cause.
@@ -77,8 +77,8 @@ def _failure_time(failure: ProcessFailure) -> Tuple[int, float]:
     return failure.timestamp, written
 
 
-def _error_file_message(failure: ProcessFailure) -> object:
-    """What the worker's error file says (a dict in the layout torch's @record writes), else ""."""
+def _error_file_entry(failure: ProcessFailure) -> object:
+    """The ``message`` entry of the worker's error file, as torch read it, else ""."""
     # Only an error file (a worker wrapped by @record, or our bootstrap)
     # carries the worker's own words; otherwise torch makes up a generic hint.
     return failure.message if os.path.isfile(failure.error_file) else ""
@@ -90,22 +90,18 @@ def child_failure(error: ChildFailedError, node_index: Optional[int]) -> Failure
     # rank's failure makes its peers fail within the same second: the time
     # each error file was written decides between them.
     rank, failed = min(error.failures.items(), key=lambda item: _failure_time(item[1]))
-    content = _error_file_message(failed)
-    callstack = ""
-    if isinstance(content, dict):  # the layout torch's @record writes
-        callstack = str(content.get("extraInfo", {}).get("py_callstack", ""))
-        content = content.get("message", "")
-    lines = str(content).strip().splitlines()
+    text, callstack = worker_error(_error_file_entry(failed))
+    message = last_line(text)
     killed = failed.exitcode < 0
-    if any(marker in str(content) for marker in _PEER_LOST_MARKERS):
+    if any(marker in text for marker in _PEER_LOST_MARKERS):
         kind = FailureKind.PEER_LOST
     elif killed:
         kind = FailureKind.KILLED
     else:
-        kind = FailureKind.RAISED if lines else FailureKind.EXITED
+        kind = FailureKind.RAISED if message else FailureKind.EXITED
     return Failure(
         kind=kind,
-        message=lines[-1] if lines else "",
+        message=message,
         node_index=node_index,
         rank=rank,
         local_rank=failed.local_rank,

@@ -36,8 +36,8 @@ one of our packages) and must stay importable without Metaflow.
 import atexit
 import ctypes
 import importlib
-import math
 import json
+import math
 import os
 import pickle
 import runpy

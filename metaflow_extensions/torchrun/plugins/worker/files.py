@@ -14,7 +14,7 @@ import os
 import pickle
 from typing import Any, Dict, List, Optional, Tuple
 
-from rendezvous.failure import Failure, FailureKind, traceback_tail
+from rendezvous.failure import Failure, FailureKind, last_line, traceback_tail, worker_error
 
 from .bootstrap import return_value_path
 
@@ -37,22 +37,23 @@ def attempt_dirs(log_dir: str, rdzv_id: str) -> List[str]:
 def _read_error_file(path: str, node_index: int) -> Tuple[Tuple[int, int], Failure]:
     """The record of one error file, and when it was written (its second, then its mtime)."""
     with open(path) as error_file:
-        content = json.load(error_file)["message"]
-    extra = content.get("extraInfo", {})
+        entry = json.load(error_file)["message"]
+    written = os.stat(path).st_mtime_ns
+    extra = entry.get("extraInfo", {})
     rank = str(extra.get("rank", ""))  # "" in a file of torch's own @record
-    message = content.get("message", "")
     timestamp = int(extra.get("timestamp", 0))
+    text, callstack = worker_error(entry)
     failure = Failure(
         kind=FailureKind.RAISED,
-        message=message.strip().splitlines()[-1] if message.strip() else "",
+        message=last_line(text),
         node_index=node_index,
         rank=int(rank) if rank.isdigit() else None,
         local_rank=int(os.path.basename(os.path.dirname(path))),
         exit_code=1,  # the bootstrap's and torch's @record's after an uncaught exception
-        traceback_tail=traceback_tail(extra.get("py_callstack", "") or message),
-        time=float(timestamp or os.stat(path).st_mtime),
+        traceback_tail=traceback_tail(callstack or text),
+        time=float(timestamp or written / 1e9),
     )
-    return (timestamp, os.stat(path).st_mtime_ns), failure
+    return (timestamp, written), failure
 
 
 def first_error(attempt_dir: str, node_index: int) -> Optional[Failure]:
