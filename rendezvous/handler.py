@@ -279,11 +279,10 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         except MetaflowRendezvousError:
             return  # node 0 is gone or the job failed: shutdown() says so
         if asker is not None:
-            reason = restart_after_finish_reason(requested, [self.node_index])
-            self._watcher.publish_failure(
-                Failure(FailureKind.RESTART_REFUSED, f"RestartAfterFinishError: {reason}.",
-                        int(asker))
+            refused = RestartAfterFinishError(
+                restart_after_finish_reason(requested, [self.node_index]) + "."
             )
+            self._watcher.publish_failure(refused.failure(int(asker)))
 
     def _join(self, round_: int, deadline: float) -> None:
         num_nodes = self.topology.num_nodes
@@ -307,8 +306,9 @@ class MetaflowRendezvousHandler(RendezvousHandler):
                 f"two agents claim node index {', '.join(map(str, duplicates))}; "
                 f"every node needs its own MF_PARALLEL_NODE_INDEX"
             )
-            self._publish_failure(FailureKind.RENDEZVOUS, f"TopologyError: {reason}.")
-            raise TopologyError(reason + ".")
+            error = TopologyError(reason + ".")
+            self._watcher_publish(error.failure(self.node_index))
+            raise error
         if round_ > 0:
             namespace = self._keys.namespace
             self._main.call(lambda store: wipe_worker_keys(store, namespace))
