@@ -15,7 +15,6 @@ alternate. Prints each sample and the median ratio.
 
 import argparse
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -25,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-REPO = Path(__file__).resolve().parents[1]
-FLOW = REPO / "tests" / "flows" / "two_nodes.py"
+from tests.harness.flow_runs import FLOWS, FlowRunner
+
 # Runs the flow with Metaflow's own reader: the @torchrun decorator finds show_every_line
 # replaced by a no-op when its step_init imports it.
 _METAFLOW_READER = (
@@ -39,18 +38,15 @@ _METAFLOW_READER = (
 READERS = ("metaflow", "whole lines")
 
 
-def run_once(reader: str, lines: int, root: Path) -> float:
+def run_once(reader: str, lines: int, runner: FlowRunner) -> float:
     """Seconds for one run, checking that every line reached the console."""
-    env = dict(os.environ, METAFLOW_HOME=str(root / "home"), METAFLOW_USER="bench",
-               METAFLOW_DATASTORE_SYSROOT_LOCAL=str(root / "datastore"),
-               METAFLOW_DEFAULT_DATASTORE="local", METAFLOW_DEFAULT_METADATA="local",
-               TMPDIR=str(root))
-    flow_args = [str(FLOW), "run", "--script", "workers/flood_stderr.py",
+    flow_args = [str(FLOWS / "two_nodes.py"), "run", "--script", "workers/flood_stderr.py",
                  "--script_args", json.dumps({"lines": lines}), "--nproc", "1"]
     command = ([sys.executable, "-c", _METAFLOW_READER, *flow_args] if reader == "metaflow"
                else [sys.executable, *flow_args])
     started = time.monotonic()
-    done = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True)
+    done = subprocess.run(command, env=runner.env, cwd=runner.root, capture_output=True,
+                          text=True)
     elapsed = time.monotonic() - started
     if done.returncode != 0:
         raise SystemExit(f"the run failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
@@ -67,9 +63,10 @@ def main(argv: List[str]) -> int:
     args = parser.parse_args(argv)
     samples: Dict[str, List[float]] = {reader: [] for reader in READERS}
     with tempfile.TemporaryDirectory(prefix="console-lines-") as root:
+        runner = FlowRunner(Path(root))  # the tests' isolated Metaflow environment
         for repeat in range(args.repeats):
             for reader in READERS:
-                seconds = run_once(reader, args.lines, Path(root))
+                seconds = run_once(reader, args.lines, runner)
                 samples[reader].append(seconds)
                 print(f"{reader:>12}: {seconds:.2f} s ({2 * args.lines / seconds:,.0f} lines/s)",
                       flush=True)
