@@ -10,6 +10,7 @@ outlived the flow and kill what did (see ``processes``). The tests
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +22,7 @@ from typing import Callable, Dict, List, Optional
 
 from rendezvous.topology import NODE_INDEX_VAR
 
-from .processes import MARKER_VAR, kill_processes, processes_with_marker
+from .processes import MARKER_VAR, ignores_signal, kill_processes, processes_with_marker
 
 REPO = Path(__file__).resolve().parents[2]
 FLOWS = REPO / "tests" / "flows"
@@ -167,12 +168,20 @@ class FlowRunner:
         """Live processes with every one of ``needles`` among their arguments."""
         return [pid for pid, argv in self.command_lines().items() if all(n in argv for n in needles)]
 
-    def workers(self) -> List[int]:
-        """The torchrun workers: ``python -u .../worker/bootstrap.py ...``."""
-        return [
-            pid for pid, argv in self.command_lines().items()
-            if len(argv) > 2 and argv[2].endswith(b"/worker/bootstrap.py")
-        ]
+    def workers(self, ignoring: Optional[signal.Signals] = None) -> List[int]:
+        """The torchrun workers: ``python -u .../worker/bootstrap.py ...``; with ``ignoring``,
+        those that ignore that signal already."""
+        return [pid for pid in self._running_file(b"/worker/bootstrap.py")
+                if ignoring is None or ignores_signal(pid, ignoring)]
+
+    def relays(self) -> List[int]:
+        """The card's relays: ``python -u .../card/relay.py ...``."""
+        return self._running_file(b"/card/relay.py")
+
+    def _running_file(self, path_end: bytes) -> List[int]:
+        """Live processes that run a Python file whose path ends with ``path_end``."""
+        return [pid for pid, argv in self.command_lines().items()
+                if len(argv) > 2 and argv[2].endswith(path_end)]
 
     def agents(self) -> Dict[int, int]:
         """``{node index: pid}`` of the live torchrun agents (``python -u -m rendezvous``)."""

@@ -1,8 +1,8 @@
 """Find and kill the processes of a test job by the marker variable in their environment.
 
-torchrun starts every worker in a session of its own, a killed agent's workers
-are re-parented, and Metaflow starts its tasks in sessions of their own, so the
-processes of a job cannot be found by process tree. Every process a test or a
+torchrun starts every worker in a session of its own, the card's relays run in
+sessions of their own, and a killed agent's workers are re-parented, so the
+processes of a job cannot be found by process tree or process group. Every process a test or a
 benchmark starts carries ``MARKER_VAR=<the job's marker>`` instead, which its
 children inherit: that finds everything of a job, even after a failed test.
 """
@@ -22,6 +22,18 @@ def is_alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def ignores_signal(pid: int, sig: signal.Signals) -> bool:
+    """Whether process ``pid`` ignores ``sig`` (the ``SigIgn`` mask of its status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) >> (int(sig) - 1) & 1)
+    return False
 
 
 def processes_with_marker(marker: str) -> List[int]:

@@ -5,6 +5,8 @@ import os
 import re
 import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -267,11 +269,16 @@ def test_node_dying_before_torchrun_fails_node_zero_at_once(flows):
     assert flows.live_processes() == []
 
 
-def idle_two_nodes(flows):
-    """two_nodes.py, 2 nodes x 2 ranks that idle for 600 s; returned once all 4 workers run."""
+def idle_two_nodes(flows, *script_args: str):
+    """two_nodes.py, 2 nodes x 2 ranks that idle for 600 s; returned once all 4 ranks run.
+
+    ``script_args`` are more options of workers/raise_rank.py (``--deaf-to-interrupts``).
+    """
+    options = {"fail-rank": 99, **{arg.lstrip("-"): True for arg in script_args}}
     return flows.start_until(
-        "two_nodes.py", "--script", "workers/raise_rank.py", "--script_args", '{"fail-rank": 99}', "--nproc", "2",
-        ready=lambda: len(flows.workers()) == 4,
+        "two_nodes.py", "--script", "workers/raise_rank.py", "--script_args", json.dumps(options),
+        "--nproc", "2",
+        ready=lambda: len(flows.workers(ignoring=signal.SIGINT if script_args else None)) == 4,
     )
 
 
@@ -280,21 +287,68 @@ def assert_no_process_left(flows, flow, timeout: float = 120) -> None:
         [argv[:5] for argv in flows.command_lines().values()], flow.output()[-4000:])
 
 
-@pytest.mark.parametrize(
-    "sig, whole_group",
-    [(signal.SIGINT, True), (signal.SIGTERM, False), (signal.SIGTERM, True)],
-    ids=["Ctrl-C: SIGINT to the process group", "kill PID: SIGTERM to the flow process alone",
-         "SIGTERM to the process group"],
-)
-def test_stopped_run_leaves_no_process(flows, sig, whole_group):
-    flow = idle_two_nodes(flows)
+# Each way a run is stopped, and the clean-up of ours that alone ends some of its processes
+# (tests/check_cleanup_guards.py removes each clean-up and checks that its test fails):
+# - Ctrl-C at a terminal: SIGINT to the foreground process group, the runtime, the tasks
+#   and the agents; torch starts the workers in sessions of their own, so they hear of it
+#   from their agent only, and ranks blocked in a C call do not hear it. The task stops its
+#   agent, and the workers die with it (worker.bootstrap.die_with_parent).
+# - SIGTERM to the process group (a CI runner's or a batch system's stop): every process of
+#   the group goes at once, but the card's relays run in sessions of their own and die with
+#   their tasks (card.exchange).
+# - `kill PID` of the flow process alone: Metaflow's runtime dies without a word to its
+#   tasks; each task dies with it (the decorator's die_with_parent), then the chain below.
+STOPS = {
+    "Ctrl-C: SIGINT to the process group, ranks deaf to it": (
+        signal.SIGINT, True, lambda flows: idle_two_nodes(flows, "--deaf-to-interrupts")),
+    "SIGTERM to the process group, with the card's relays": (
+        signal.SIGTERM, True, lambda flows: flows.start_until(
+            "card_job.py", "--script_args",
+            json.dumps({"release-file": "never-created", "max-seconds": 600}),
+            ready=lambda: len(flows.workers()) == 4 and len(flows.relays()) == 2)),
+    "kill PID: SIGTERM to the flow process alone": (
+        signal.SIGTERM, False, lambda flows: idle_two_nodes(flows)),
+}
+
+
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_stopped_run_leaves_no_process(flows, stop):
+    sig, whole_group, start = STOPS[stop]
+    flow = start(flows)
     if whole_group:
         os.killpg(flow.process.pid, sig)
     else:
-        flow.process.send_signal(sig)  # Metaflow's runtime dies without a word to its tasks
+        flow.process.send_signal(sig)
     # The issue's bound; bench/faults.py measures a few seconds. The ranks would idle 600 s.
     assert_no_process_left(flows, flow, timeout=30)
     assert flow.finish(timeout=30).returncode != 0
+
+
+def test_interrupted_runner_program_leaves_no_process(flows):
+    """A notebook's "interrupt the kernel": SIGINT to the Python program that runs the flow
+    through Metaflow's Runner API, and to nothing else.
+
+    The Runner's handler SIGTERMs the flow process and its children (the runtime's tasks),
+    and SIGKILLs them 2 s later; node 1's task is a child of node 0's, and the agents and
+    workers are further down, so only our clean-up ends them: each node's task dies with
+    its parent (launch.local_nodes), each agent with its task (launch.launcher), each
+    worker with its agent.
+    """
+    options = json.dumps({"fail-rank": 99})
+    program = RunningFlow(subprocess.Popen(
+        [sys.executable, str(FLOWS / "runner_program.py"), str(FLOWS / "two_nodes.py"),
+         "script=workers/raise_rank.py", f"script_args={options}", "nproc=2"],
+        env=flows.env, cwd=flows.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    ))
+    deadline = time.monotonic() + 200
+    while len(flows.workers()) < 4:
+        assert program.process.poll() is None and time.monotonic() < deadline, program.output()
+        time.sleep(0.2)
+    program.process.send_signal(signal.SIGINT)
+    assert_no_process_left(flows, program, timeout=30)
+    finished = program.finish(timeout=30)
+    assert "RUNNER STATUS failed" in finished.output, finished.output[-4000:]
 
 
 def test_killed_control_task_takes_every_node_down(flows):

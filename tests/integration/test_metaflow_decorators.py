@@ -91,7 +91,7 @@ def test_resume_reruns_the_failed_step_on_every_node(flows, tmp_path):
 
 def test_the_runner_api_runs_a_torchrun_step(flows):
     program = subprocess.run(
-        [sys.executable, str(FLOWS / "runner_program.py"), str(FLOWS / "two_nodes.py")],
+        [sys.executable, str(FLOWS / "runner_program.py"), str(FLOWS / "two_nodes.py"), "nproc=2"],
         env=flows.env, cwd=flows.root, capture_output=True, text=True, timeout=240,
     )
     output = program.stdout + program.stderr

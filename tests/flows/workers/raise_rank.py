@@ -1,12 +1,20 @@
-"""Worker: global rank --fail-rank raises from a nested call; every other rank idles."""
+"""Worker: global rank --fail-rank raises from a nested call; every other rank idles.
+
+With --deaf-to-interrupts every rank ignores SIGINT, as a rank blocked in a C call (a
+collective waiting for its peers) does: Python runs no handler until the call returns.
+"""
 import argparse
 import os
+import signal
 import time
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--fail-rank", type=int, default=0)
 parser.add_argument("--idle-seconds", type=float, default=600)
+parser.add_argument("--deaf-to-interrupts", action="store_true")
 args = parser.parse_args()
+if args.deaf_to_interrupts:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def check_batch(rank: int) -> None:
