@@ -1,8 +1,9 @@
 """Metaflow's own features on a @torchrun step, as users combine them: live logs of a local
-run, @catch, @timeout, resume and the Runner API (@retry: test_flows.py)."""
+run, @catch, @timeout, resume, the Runner API and a notebook's NBRunner (@retry: test_flows.py)."""
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -99,4 +100,28 @@ def test_the_runner_api_runs_a_torchrun_step(flows):
     assert "RUNNER STATUS successful run=TwoNodesFlow/" in output, output[-4000:]
     for rank in range(4):
         assert f"[rank{rank}]: rank={rank} world=4" in output, output[-4000:]
+    assert flows.live_processes() == []
+
+
+def test_a_notebook_runs_its_flow_through_nbrunner(flows, tmp_path):
+    """Cells run in IPython's shell, as in Jupyter (flows/notebook_session.py): NBRunner runs a
+    flow with a script next to the notebook and a function of the flow's own cell; a flow whose
+    step uses a function of another cell is refused before anything runs, saying what to do."""
+    notebook_dir = tmp_path / "notebook"
+    notebook_dir.mkdir()
+    shutil.copy(FLOWS / "workers" / "ranks.py", notebook_dir / "train.py")
+    session = subprocess.run(
+        [sys.executable, str(FLOWS / "notebook_session.py")],
+        env=flows.env, cwd=notebook_dir, capture_output=True, text=True, timeout=240,
+    )
+    output = session.stdout + session.stderr
+    assert session.returncode == 0, output[-4000:]
+    assert "CELL 2 successful=True values=[100, 101]" in output, output[-4000:]
+    for node in (0, 1):
+        assert f"[rank{node}]: rank={node} world=2" in output, output[-4000:]
+        assert f"NOTEBOOK node={node} script_exit=0 values=[({node}, {100 + node})]" in output
+    cell_3 = output[output.index("=== cell 3"):]
+    assert "step train uses from_another_cell, which its flow file does not define" in cell_3
+    assert "define or import from_another_cell in that cell, above the class" in cell_3
+    assert "Workflow starting" not in cell_3, cell_3[-4000:]
     assert flows.live_processes() == []

@@ -11,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from metaflow_extensions.torchrun.plugins.errors import TorchrunArgumentError
 from metaflow_extensions.torchrun.plugins.launch.program import (
+    check_step_names,
     Entrypoint,
     entrypoint_argv,
     function_call,
@@ -134,3 +135,25 @@ def test_function_arguments():
         function_call({"--epochs": 3})
     with pytest.raises(TorchrunArgumentError, match="entrypoint_args cannot be sent to the workers"):
         function_call([threading.Lock()])
+
+
+def _step_reading_names(self):
+    global assigned_by_the_step
+    assigned_by_the_step = [defined_nowhere(x) for x in range(2)]
+    return functools.partial(print, len(assigned_by_the_step), self)
+
+
+def test_a_step_reading_a_name_its_module_lacks_is_refused():
+    with pytest.raises(TorchrunArgumentError) as refused:
+        check_step_names(_step_reading_names, "train")
+    # Found inside a comprehension; builtins, module names and names the step assigns are fine.
+    assert str(refused.value).startswith("step train uses defined_nowhere, which its flow file")
+    assert "NBRunner writes only the cell that holds the flow class" in str(refused.value)
+
+
+def _step_reading_known_names(self):
+    return pickle.dumps([len(str(step)) for step in (self, _step_reading_names)])
+
+
+def test_a_step_reading_only_known_names_passes():
+    check_step_names(_step_reading_known_names, "train")

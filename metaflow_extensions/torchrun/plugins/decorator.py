@@ -69,6 +69,7 @@ class TorchrunDecorator(ParallelDecorator):
 
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
         super().step_init(flow, graph, step_name, decorators, environment, flow_datastore, logger)
+        from .launch.program import check_step_names
         from .launch.settings import StepSettings
         from .metaflow_compat import (
             default_current_property,
@@ -86,6 +87,7 @@ class TorchrunDecorator(ParallelDecorator):
         keep_every_node_when_caught(decorators)
         self._caught = any(deco.name == "catch" for deco in decorators)
 
+        check_step_names(getattr(type(flow), step_name), step_name)
         self._flow_dir = os.path.dirname(os.path.abspath(inspect.getfile(type(flow))))
         self._settings = StepSettings.from_attributes(self.attributes, decorators)
 

@@ -5,13 +5,16 @@ for a function's module among the imported ones); the rest is pure. Every check
 fails with ``TorchrunArgumentError`` before anything starts.
 """
 
+import builtins
+import dis
 import importlib.machinery
 import inspect
 import os
 import pickle
 import re
 import sys
-from typing import Callable, List, Mapping, NamedTuple, Optional, Sequence, Union
+from types import CodeType
+from typing import Callable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 from ..errors import TorchrunArgumentError
 
@@ -233,3 +236,43 @@ def function_call(entrypoint_args: ArgsSpec) -> bytes:
             f"entrypoint_args cannot be sent to the workers: pickling failed ({error}). Pass "
             f"values that pickle (numbers, strings, lists, dicts, tensors)."
         ) from None
+
+
+def check_step_names(step_function: Callable[..., object], step_name: str) -> None:
+    """Refuse a step that reads a global name its module does not define, before anything runs.
+
+    A notebook's flow meets this: Metaflow's ``NBRunner`` writes only the cell that
+    holds the flow class to the flow file, so a function defined in another cell,
+    an entrypoint say, is not in it. Without this check the run would start, and
+    every node fail with a ``NameError`` once its step reached the name.
+    """
+    function = inspect.unwrap(step_function)
+    if not inspect.isfunction(function):
+        return
+    known = function.__globals__
+    missing = sorted({name for name in _global_names(function.__code__)
+                      if name not in known and not hasattr(builtins, name)})
+    if missing:
+        names = ", ".join(missing)
+        raise TorchrunArgumentError(
+            f"step {step_name} uses {names}, which its flow file does not define or import. "
+            f"Define or import {'it' if len(missing) == 1 else 'them'} at the top level of "
+            f"the flow file. In a notebook, Metaflow's NBRunner writes only the cell that "
+            f"holds the flow class to the flow file: define or import {names} in that cell, "
+            f"above the class."
+        )
+
+
+def _global_names(code: CodeType) -> Iterator[str]:
+    """The global names ``code`` and the code nested in it read (and do not assign)."""
+    assigned = set()
+    read = []
+    for instruction in dis.get_instructions(code):
+        if instruction.opname == "LOAD_GLOBAL":
+            read.append(instruction.argval)
+        elif instruction.opname in ("STORE_GLOBAL", "DELETE_GLOBAL"):
+            assigned.add(instruction.argval)
+    yield from (name for name in read if name not in assigned)
+    for constant in code.co_consts:
+        if isinstance(constant, CodeType):
+            yield from _global_names(constant)
