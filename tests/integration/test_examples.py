@@ -35,7 +35,7 @@ CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
 # A shell's PATH without the user's virtualenv on it; no `python` here is the venv's.
 USERS_PATH = os.pathsep.join(["/usr/bin", "/bin"])
 # The line of every example README that says what to install: the package, then the example's own needs.
-_INSTALL_LINE = re.compile(r"^pip install metaflow-torchrun((?: +[^\s#]+)*) *(?:#.*)?$", re.MULTILINE)
+_INSTALL_LINE = re.compile(r"^pip install \.\./\.\.((?: +[^\s#]+)*) *(?:#.*)?$", re.MULTILINE)
 # What torch prints about how torchrun was started, and about a missing numpy: of these,
 # only the last can be about the program, from its own `import torch`.
 LAUNCHER_NOISE = ("Setting OMP_NUM_THREADS", "master_addr is only used", "Failed to initialize NumPy")
@@ -45,10 +45,10 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def declared_needs(example: str) -> List[str]:
-    """The packages the example's README says to install beside metaflow-torchrun."""
+    """The packages the example's README says to install beside this repository (``../..``)."""
     readme = (EXAMPLES / example / "README.md").read_text(encoding="utf-8")
     lines = _INSTALL_LINE.findall(readme)
-    assert len(lines) == 1, f"{example}/README.md needs exactly one line 'pip install metaflow-torchrun ...'"
+    assert len(lines) == 1, f"{example}/README.md needs exactly one line 'pip install ../.. ...'"
     return lines[0].split()
 
 
