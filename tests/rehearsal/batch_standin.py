@@ -1,4 +1,4 @@
-"""A stand-in for the AWS Batch API: multi-node jobs run as pods of the rehearsal cluster.
+"""A stand-in for the AWS Batch API: container and multi-node jobs run as rehearsal pods.
 
 Metaflow's Batch path stays real: ``batch step`` builds the job definition and the
 job (``BatchJob``), submits it with its boto3 ``batch`` client and waits for it
@@ -9,26 +9,33 @@ answered here, so botocore still validates every request against the Batch API
 model and parses every answer. S3 and everything else go where they always go.
 
 What Batch does and the stand-in does too (from the AWS Batch user guide, "Multi-node
-parallel jobs" and "Job lifecycle for MNP jobs"):
+parallel jobs", "Job lifecycle for MNP jobs" and "Reserved environment variables"):
 
 - one job queue ``QUEUE`` on one EC2 compute environment ``COMPUTE_ENVIRONMENT``;
   job definitions registered with revisions and found again by name;
+- ``submit_job`` of a ``container`` job (what Metaflow submits for a step that is not
+  ``@parallel``): one container, the job definition's container properties with the
+  submission's container overrides on top (command replaced; environment merged by
+  name), plus what Batch sets in every container: ``AWS_BATCH_JOB_ID``,
+  ``AWS_BATCH_JOB_ATTEMPT``, ``AWS_BATCH_JQ_NAME``, ``AWS_BATCH_CE_NAME``, and ECS's
+  ``AWS_EXECUTION_ENV``; the job succeeds or fails with its container, and
+  ``describe_jobs`` describes it with its ``container`` (exit code, log stream) and
+  no ``nodeProperties``;
 - ``submit_job`` of a ``multinode`` job: each node's container is the job definition's
-  node range properties for its index with the submission's node overrides on top
-  (command replaced; environment merged by name), plus what Batch sets in every
-  container: ``AWS_BATCH_JOB_ID`` (``<job id>#<node>``), ``AWS_BATCH_JOB_ATTEMPT``,
-  ``AWS_BATCH_JQ_NAME``, ``AWS_BATCH_CE_NAME``, ``AWS_BATCH_JOB_NODE_INDEX``,
-  ``AWS_BATCH_JOB_NUM_NODES``, ``AWS_BATCH_JOB_MAIN_NODE_INDEX``, on the other nodes
-  ``AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS``, and ECS's ``AWS_EXECUTION_ENV``;
+  node range properties for its index with the submission's node overrides on top,
+  merged the same way, plus what Batch sets: the above (``AWS_BATCH_JOB_ID`` is
+  ``<job id>#<node>``), ``AWS_BATCH_JOB_NODE_INDEX``, ``AWS_BATCH_JOB_NUM_NODES``,
+  ``AWS_BATCH_JOB_MAIN_NODE_INDEX``, and on the other nodes
+  ``AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS``;
 - the main node starts first and the others once it runs; a node that dies is left
   alone; the job ends when the main node exits, the others are then stopped, and the
   main node's exit decides SUCCEEDED or FAILED; ``<job id>#<n>`` describes node n;
 - ``attemptDurationSeconds`` applies to the whole job; ``terminate_job`` stops it.
 
-Each node's command runs exactly as the job gives it (``bash -c "..."``), as a pod of
-``cluster.start_pods`` (its own test host, hostname, empty working directory). Not
-modelled: queues' scheduling and capacity, retries (``retryStrategy``), array jobs,
-single-node container jobs, Fargate, CloudWatch logs (Metaflow reads S3's).
+Each container's command runs exactly as the job gives it (``bash -c "..."``), as a pod
+of ``cluster.start_pods`` (its own test host, hostname, empty working directory). Not
+modelled: queues' scheduling and capacity, resources, retries (``retryStrategy``),
+array jobs, Fargate, CloudWatch logs (Metaflow reads S3's).
 
 For the test process the stand-in writes every job's state to
 ``<cluster state dir>/batch-jobs/<job id>.json`` (see ``job_records``).
@@ -70,31 +77,40 @@ def _in_range(target_nodes: str, index: int) -> bool:
     return (not start or int(start) <= index) and (not end or index <= int(end))
 
 
-def node_container(definition: Dict[str, Any], overrides: Dict[str, Any],
+def node_container(definition: Dict[str, Any], request: Dict[str, Any],
                    index: int) -> Tuple[List[str], Dict[str, str]]:
-    """Node ``index``'s command and environment, as Batch builds them for a multi-node job.
+    """Node ``index``'s command and environment, as Batch builds them for a submitted job.
 
-    The job definition's node range properties for the index, with the submission's
-    node property overrides for the index on top: an override's command replaces
-    the definition's, its environment variables replace those of the same name.
+    A container job's container properties with the submission's container
+    overrides on top; for a multi-node job, the job definition's node range
+    properties for the index with the submission's node property overrides for the
+    index on top. An override's command replaces the definition's, its environment
+    variables replace those of the same name.
     """
+    if definition["type"] == "multinode":
+        properties = [node_range["container"]
+                      for node_range in definition["nodeProperties"]["nodeRangeProperties"]
+                      if _in_range(node_range["targetNodes"], index)]
+        overrides = [node_override.get("containerOverrides", {})
+                     for node_override in request.get("nodeOverrides", {}).get(
+                         "nodePropertyOverrides", [])
+                     if _in_range(node_override["targetNodes"], index)]
+    else:
+        properties = [definition["containerProperties"]]
+        overrides = [request.get("containerOverrides", {})]
     command: List[str] = []
     env: Dict[str, str] = {}
-    for node_range in definition["nodeProperties"]["nodeRangeProperties"]:
-        if _in_range(node_range["targetNodes"], index):
-            container = node_range["container"]
-            command = list(container.get("command", command))
-            env.update({e["name"]: e["value"] for e in container.get("environment", [])})
-    for node_override in overrides.get("nodePropertyOverrides", []):
-        if _in_range(node_override["targetNodes"], index):
-            container = node_override.get("containerOverrides", {})
-            command = list(container.get("command") or command)
-            env.update({e["name"]: e["value"] for e in container.get("environment", [])})
+    for container in properties:
+        command = list(container.get("command", command))
+        env.update({e["name"]: e["value"] for e in container.get("environment", [])})
+    for container in overrides:
+        command = list(container.get("command") or command)
+        env.update({e["name"]: e["value"] for e in container.get("environment", [])})
     return command, env
 
 
 class _Job:
-    """One submitted multi-node job: its pods and the status Batch would report."""
+    """One submitted job, container or multi-node: its pods and the status Batch would report."""
 
     def __init__(self, api: "BatchApi", job_id: str, request: Dict[str, Any],
                  definition: Dict[str, Any]) -> None:
@@ -102,39 +118,45 @@ class _Job:
         self.id = job_id
         self.request = request
         self.definition = definition
-        self.num_nodes = int(definition["nodeProperties"]["numNodes"])
-        self.main = int(definition["nodeProperties"]["mainNode"])
+        self.multinode = definition["type"] == "multinode"
+        # A container job is one container: node 0, its own main node, in what follows.
+        self.num_nodes = int(definition["nodeProperties"]["numNodes"]) if self.multinode else 1
+        self.main = int(definition["nodeProperties"]["mainNode"]) if self.multinode else 0
         self.created_at = _now_ms()
         self.started_at: Optional[int] = None
         self.stopped_at: Optional[int] = None
         self.status = "SUBMITTED"
         self.status_reason: Optional[str] = None
         self.pods: Dict[int, Any] = {}
-        self.hostnames = {index: "batch-%s-node%d" % (job_id[:8], index)
+        self.hostnames = {index: ("batch-%s-node%d" % (job_id[:8], index) if self.multinode
+                                  else "batch-%s" % job_id[:8])
                           for index in range(self.num_nodes)}
         self.node_stopped_at: Dict[int, int] = {}
         self.node_exit: Dict[int, Optional[int]] = {}
         self.lock = threading.RLock()
 
     def node_env(self, index: int, main_address: Optional[str]) -> Tuple[List[str], Dict[str, str]]:
-        command, env = node_container(self.definition, self.request.get("nodeOverrides", {}),
-                                      index)
+        command, env = node_container(self.definition, self.request, index)
         env.update({
-            "AWS_BATCH_JOB_ID": "%s#%d" % (self.id, index),
+            "AWS_BATCH_JOB_ID": "%s#%d" % (self.id, index) if self.multinode else self.id,
             "AWS_BATCH_JOB_ATTEMPT": "1",
             "AWS_BATCH_JQ_NAME": QUEUE,
             "AWS_BATCH_CE_NAME": COMPUTE_ENVIRONMENT,
-            "AWS_BATCH_JOB_NODE_INDEX": str(index),
-            "AWS_BATCH_JOB_NUM_NODES": str(self.num_nodes),
-            "AWS_BATCH_JOB_MAIN_NODE_INDEX": str(self.main),
             "AWS_EXECUTION_ENV": "AWS_ECS_EC2",
         })
-        if index != self.main:
-            env["AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"] = main_address or ""
+        if self.multinode:
+            env.update({
+                "AWS_BATCH_JOB_NODE_INDEX": str(index),
+                "AWS_BATCH_JOB_NUM_NODES": str(self.num_nodes),
+                "AWS_BATCH_JOB_MAIN_NODE_INDEX": str(self.main),
+            })
+            if index != self.main:
+                env["AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"] = main_address or ""
         return command, env
 
     def start(self) -> None:
-        """Start the main node, then the others; then watch the job to its end."""
+        """Start the main node (a container job's one container), then the others; then
+        watch the job to its end."""
         from tests.rehearsal import cluster
 
         def spec(index: int, main_address: Optional[str]) -> Any:
@@ -210,7 +232,8 @@ class _Job:
         return self.status if self.status != "RUNNING" else "STARTING"
 
     def describe(self, node: Optional[int]) -> Dict[str, Any]:
-        """The ``describe_jobs`` entry of the job, or of one node (``<job id>#<node>``)."""
+        """The ``describe_jobs`` entry of the job (a container job's with its ``container``,
+        a multi-node job's with its ``nodeProperties``), or of one node (``<job id>#<node>``)."""
         with self.lock:
             self._update()
             index = self.main if node is None else node
@@ -231,7 +254,9 @@ class _Job:
                 "timeout": self.request.get("timeout", {}),
                 "attempts": [],
             }
-            if node is None:
+            if not self.multinode:
+                entry["container"] = container
+            elif node is None:
                 entry["nodeProperties"] = dict(self.definition["nodeProperties"])
             else:
                 entry["nodeDetails"] = {"nodeIndex": node, "isMainNode": node == self.main}
@@ -249,6 +274,7 @@ class _Job:
 
     def record(self) -> Dict[str, Any]:
         return {"jobId": self.id, "jobName": self.request["jobName"], "createdAt": self.created_at,
+                "type": self.definition["type"],
                 "parameters": self.request.get("parameters", {}),
                 "status": self.status, "statusReason": self.status_reason,
                 "numNodes": self.num_nodes,
@@ -331,9 +357,9 @@ class BatchApi:
         if request["jobQueue"] not in (QUEUE, self._queue()["jobQueueArn"]):
             raise BatchApiError("Job queue %s not found" % request["jobQueue"])
         definition = self._definition(request["jobDefinition"])
-        if definition.get("type") != "multinode":
-            raise BatchApiError("the rehearsal runs multi-node jobs only, not %s"
-                                % definition.get("type"))
+        if definition["type"] not in ("container", "multinode"):
+            raise BatchApiError("the rehearsal runs container and multi-node jobs only, not %s"
+                                % definition["type"])
         job = _Job(self, str(uuid.uuid4()), request, definition)
         self.jobs[job.id] = job
         job.start()
@@ -425,9 +451,11 @@ def install() -> None:
 def job_records(state_dir: Path) -> List[Dict[str, Any]]:
     """The jobs the stand-in ran for a cluster, as it last wrote them, oldest first.
 
-    Each: ``jobId``, ``jobName``, ``createdAt``, ``parameters`` (Metaflow's
-    ``metaflow.run_id``, ``metaflow.task_id``, ...), ``status``, ``statusReason``,
-    ``numNodes`` and ``nodes``: node index (a string) -> ``hostname``, ``address``, ``log_path``,
+    Each: ``jobId``, ``jobName``, ``createdAt``, ``type`` (the job definition's:
+    ``container`` or ``multinode``), ``parameters`` (Metaflow's ``metaflow.run_id``,
+    ``metaflow.step_name``, ``metaflow.task_id``, ...), ``status``, ``statusReason``,
+    ``numNodes`` (1 for a container job) and ``nodes``: node index (a string; ``"0"``, the
+    one container, for a container job) -> ``hostname``, ``address``, ``log_path``,
     ``exit_code`` (None while running) and ``command``.
     """
     directory = state_dir / JOB_RECORDS_DIR

@@ -6,6 +6,7 @@ Usage (a test)::
         run = cluster.run_flow("remote_flow.py", "--max-workers", "4")
         assert run.returncode == 0, run.output
         cluster.pod_logs()            # {pod name: what the pod printed}
+        remote_task_lines(run, "join")   # {job as Metaflow names it: the step's task lines}
 
 ``Cluster`` makes the test hosts (network namespaces on a bridge, see
 ``tests.harness.netns_hosts``): host 0 is the laptop, where ``python flow.py run`` runs;
@@ -46,6 +47,7 @@ import importlib.abc
 import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -84,6 +86,9 @@ _REPO = Path(__file__).resolve().parents[2]
 _SITE = Path(__file__).resolve().parent / "site"
 _LAPTOP, _S3_HOST, _FIRST_POD_HOST = 0, 1, 2
 _POLL_SECONDS = 0.05
+# A remote task's line as the flow's output shows it: "[pod NAME] text" (Kubernetes),
+# "[JOB ID] text" (AWS Batch).
+_REMOTE_TASK_LINE = re.compile(r"^\[(?P<job>[^\]]+)\] (?P<text>.*)$")
 
 
 # ---- inside Metaflow's processes: the description and the pod runner ----
@@ -543,6 +548,18 @@ class Cluster:
         if self._s3_log is not None:
             self._s3_log.close()
         self.hosts.__exit__(None, None, None)
+
+
+def remote_task_lines(run: FlowRun, step: str) -> Dict[str, List[str]]:
+    """``{job: its lines}`` of ``step``'s remote tasks in ``run``'s output, ``job`` as
+    Metaflow names it in front of each line (``pod <name>`` on Kubernetes, the job id on
+    AWS Batch): Metaflow's own lines about the job and what the task printed."""
+    lines: Dict[str, List[str]] = {}
+    for line in run.task_lines(step):
+        match = _REMOTE_TASK_LINE.match(line)
+        if match:
+            lines.setdefault(match["job"], []).append(match["text"])
+    return lines
 
 
 _MAKE_BUCKET = """

@@ -1,13 +1,22 @@
-"""A stand-in for a Kubernetes cluster with the JobSet controller: JobSets run as pods.
+"""A stand-in for a Kubernetes cluster with the JobSet controller: Jobs and JobSets run as pods.
 
-Metaflow's ``kubernetes step`` stays real: it builds the JobSet (``KubernetesJobSet``),
-whose manifest (``dump()``) this module reads, and waits for it with its own loop
+Metaflow's ``kubernetes step`` stays real: it builds the Job (``KubernetesJob``) of a
+step, or the JobSet (``KubernetesJobSet``) of a ``@parallel`` step, whose manifest
+(``KubernetesJob.create()``'s V1Job, serialized as the Kubernetes client sends it;
+the JobSet's ``dump()``) this module reads, and waits for it with its own loop
 (``Kubernetes.wait``: status from the object ``execute`` returns, the task's logs
-from the mflog files in S3). Only ``KubernetesJobSet.execute``, which would send the
-manifest to the cluster, is replaced.
+from the mflog files in S3). Only ``KubernetesJob.execute`` and
+``KubernetesJobSet.execute``, which would send the manifest to the cluster, are
+replaced.
 
 What the cluster does and the stand-in does too:
 
+- a Job (``generateName``, one completion) is named ``<generateName><random>`` and
+  runs one pod named ``<job>-<random>``, hostname the pod's name, its metadata the
+  template's labels and annotations plus the Job controller's labels
+  (``batch.kubernetes.io/job-name``, ``controller-uid``, ...); the Job succeeds or
+  fails with its pod, and its failure reason is its container's (``Error`` and the
+  exit code; 128 + the signal for a pod killed by one);
 - each replicated job of the JobSet becomes ``replicas`` Jobs named
   ``<jobset>-<replicated job>-<job index>``, each with one pod (an indexed Job of one
   completion) named ``<job>-0-<random>``, hostname ``<job>-0``, and, under the pod
@@ -39,7 +48,8 @@ What the cluster does and the stand-in does too:
 The test may hold the control pod back (``control_start_delay`` in the cluster
 description): a control pod that starts after its workers, as a slow image pull or
 a later node would make it. Not modelled: scheduling and resources, images,
-``envFrom`` secrets, the pods' volumes, restarts of the JobSet, the API server.
+``envFrom`` secrets, the pods' volumes, ``activeDeadlineSeconds``, the Job's
+``backoffLimit`` and restarts of the JobSet, the API server.
 """
 
 import atexit
@@ -49,6 +59,7 @@ import uuid
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 _JOBSETS_MODULE = "metaflow.plugins.kubernetes.kubernetes_jobsets"
+_JOBS_MODULE = "metaflow.plugins.kubernetes.kubernetes_job"
 _JOBSET_LABEL = "jobset.sigs.k8s.io/"
 # How long a pod's failure takes at least to show in the JobSet's status (kubelet, Job and
 # JobSet controllers each update in turn, a few seconds on a cluster); until then the other
@@ -156,6 +167,27 @@ def _pod_object(jobset: Dict[str, Any], replicated_job: Dict[str, Any],
         namespace=namespace, labels={**(metadata.get("labels") or {}), **controller_keys},
         annotations={**(metadata.get("annotations") or {}), **controller_keys},
         service_account=spec.get("serviceAccountName"))
+
+
+def _job_pod_object(job: Dict[str, Any]) -> Dict[str, Any]:
+    """The pod the Job controller would create for a Job manifest with ``generateName``."""
+    job_name = job["metadata"]["generateName"] + uuid.uuid4().hex[:5]
+    job_uid = str(uuid.uuid4())
+    template = job["spec"]["template"]
+    metadata = template.get("metadata") or {}
+    controller_labels = {
+        "batch.kubernetes.io/controller-uid": job_uid,
+        "batch.kubernetes.io/job-name": job_name,
+        "controller-uid": job_uid,
+        "job-name": job_name,
+    }
+    pod_name = f"{job_name}-{uuid.uuid4().hex[:5]}"
+    return pod_object(
+        name=pod_name, hostname=pod_name,
+        namespace=metadata.get("namespace") or job["metadata"]["namespace"],
+        labels={**(metadata.get("labels") or {}), **controller_labels},
+        annotations=metadata.get("annotations") or {},
+        service_account=template["spec"].get("serviceAccountName"))
 
 
 def pod_object(name: str, hostname: str, namespace: str, labels: Dict[str, str],
@@ -307,14 +339,91 @@ def start(manifest: Dict[str, Any], control_start_delay: float = 0.0) -> StandIn
                          {name: [next(pods) for _ in group] for name, group in specs.items()})
 
 
-def install() -> None:
-    """Replace ``KubernetesJobSet.execute`` once Metaflow loads it (in this process)."""
+class StandInJob:
+    """What ``KubernetesJob.execute`` returns: ``RunningJob``'s interface over the Job's pod."""
+
+    def __init__(self, pod: Any):
+        self._pod = pod
+        atexit.register(self.kill)
+
+    def __repr__(self) -> str:
+        return f"StandInJob({self._pod.name!r})"
+
+    @property
+    def id(self) -> str:
+        return "pod %s" % self._pod.name
+
+    @property
+    def is_done(self) -> bool:
+        return self._pod.poll() is not None
+
+    @property
+    def has_succeeded(self) -> bool:
+        return self._pod.poll() == 0
+
+    @property
+    def has_failed(self) -> bool:
+        return self._pod.poll() not in (None, 0)
+
+    @property
+    def is_running(self) -> bool:
+        return self._pod.started and not self.is_done
+
+    @property
+    def is_waiting(self) -> bool:
+        return not self.is_done and not self.is_running
+
+    @property
+    def status(self) -> str:
+        if self.is_done:
+            return "Job is done"
+        if self._pod.started:
+            return "Pod is running, Container is running"
+        return "Pod is pending, Container is waiting - ContainerCreating"
+
+    @property
+    def reason(self) -> Tuple[Optional[int], Optional[str]]:
+        """``(exit code, reason)`` of the terminated container, as ``RunningJob.reason``."""
+        code = self._pod.poll()
+        if code is None:
+            return None, None
+        if code == 0:
+            return 0, None
+        # The kubelet reports a container killed by a signal as exit code 128 + the signal.
+        return (code if code > 0 else 128 - code), "Error"
+
+    def kill(self) -> None:
+        self._pod.kill()
+
+
+def start_job(manifest: Dict[str, Any]) -> StandInJob:
+    """Start the pod of a Job manifest (see the module's docstring)."""
     from tests.rehearsal import cluster
 
-    def patch(module: Any) -> None:
+    (container,) = manifest["spec"]["template"]["spec"]["containers"]
+    (pod,) = cluster.start_pods([container_pod(_job_pod_object(manifest), container)])
+    return StandInJob(pod)
+
+
+def install() -> None:
+    """Replace ``KubernetesJob.execute`` and ``KubernetesJobSet.execute`` once Metaflow loads
+    them (in this process)."""
+    from tests.rehearsal import cluster
+
+    def patch_jobs(module: Any) -> None:
+        def execute(job: Any) -> StandInJob:
+            from kubernetes.client import ApiClient
+
+            # The V1Job that create() built, as the client would send it to the API server.
+            return start_job(ApiClient().sanitize_for_serialization(job._job))
+
+        module.KubernetesJob.execute = execute
+
+    def patch_jobsets(module: Any) -> None:
         def execute(jobset: Any) -> StandInJobSet:
             return start(jobset.dump(), float(cluster.description()["control_start_delay"]))
 
         module.KubernetesJobSet.execute = execute
 
-    cluster.call_when_imported(_JOBSETS_MODULE, patch)
+    cluster.call_when_imported(_JOBS_MODULE, patch_jobs)
+    cluster.call_when_imported(_JOBSETS_MODULE, patch_jobsets)
