@@ -1,15 +1,17 @@
 """Kubernetes rehearsal: @torchrun steps through Metaflow's real @kubernetes path.
 
-``python flow.py run`` runs on the laptop test host; Metaflow builds each JobSet
-and uploads the code package to S3 (a test server) for real, and
+``python flow.py run`` runs on the laptop test host; Metaflow builds each Job and
+JobSet and uploads the code package to S3 (a test server) for real, and
 ``tests.rehearsal.kubernetes_standin`` runs each pod's container command, exactly as the
 manifest gives it, in a test host of its own (see ``rehearsal/__init__.py`` for what
 this cannot show). One run per case family, to keep the time down:
 
 - the inherited flow (its @torchrun step in a base class of another module) with
   ``@kubernetes(gpu=2, port=P)``: two processes per node, the store on P;
-- two nodes x one process with the control pod starting late: the join sees both
-  nodes, and ``rendezvous`` comes from the code package;
+- a flow with no compute decorator, run with ``--with kubernetes``: start, join and
+  end each run in the pod of a Job, train (two nodes x one process) as a JobSet whose
+  control pod starts late; the join sees both nodes, and ``rendezvous`` comes from the
+  code package;
 - with a metadata service and a card, a rank raising on the worker pod: node 0's card,
   refreshed on its pod and read from S3 on the laptop, shows both ranks running while
   they wait; then the run fails, naming the rank, and the card names it too;
@@ -31,7 +33,7 @@ import pytest
 from tests.harness.cards import find_card, rank_row
 from tests.harness.flow_runs import FlowRun
 from tests.harness.netns_hosts import unavailable_reason
-from tests.rehearsal.cluster import Cluster
+from tests.rehearsal.cluster import Cluster, remote_task_lines
 from tests.rehearsal.kubernetes_standin import expand
 from tests.flows.remote_base import RENDEZVOUS_PORT
 
@@ -42,6 +44,10 @@ pytestmark = [
     pytest.mark.skipif(REASON is not None, reason=f"no test hosts: {REASON}"),
 ]
 LATE_CONTROL_SECONDS = 4
+# What Metaflow names a task's job in front of its lines: the pod of a Job (generateName
+# "t-<8 hex>-", then the Job's and the pod's random suffixes), the control pod of a JobSet.
+JOB_POD = re.compile(r"pod (t-[0-9a-f]{8}-[0-9a-z]{5}-[0-9a-z]{5})")
+JOBSET_CONTROL_POD = re.compile(r"pod (js-[0-9a-f]+-control-0-0-[0-9a-z]{5})")
 # @timeout(seconds=...) of tests/flows/remote_timeout.py
 TIMEOUT_SECONDS = 60
 TRAIN_TASKS = "RemoteTrainingFlow/latest/train"
@@ -132,15 +138,29 @@ def test_inherited_step_with_gpus_and_port(clean_cluster):
         assert value == (values["0"] if node == 0 else None)
 
 
-def test_control_pod_starting_late(clean_cluster):
-    run = clean_cluster.run_flow("remote_training.py", control_start_delay=LATE_CONTROL_SECONDS)
+def test_with_kubernetes_on_the_command_line_and_a_late_control_pod(clean_cluster):
+    """``run --with kubernetes`` of a flow with no compute decorator: every step runs on
+    the cluster, the @torchrun step as a JobSet whose control pod starts after its worker."""
+    run = clean_cluster.run_flow("remote_plain.py", "--with", "kubernetes",
+                                 control_start_delay=LATE_CONTROL_SECONDS)
     assert run.returncode == 0, run.output[-6000:]
-    assert "JOINED nodes=[0, 1]" in run.task_lines("join")
+    # start, join and end each ran in the pod of a Job, train in the JobSet's control pod
+    # (whose `kubernetes step` tails the control task) and its worker pod.
+    tasks = {step: remote_task_lines(run, step) for step in ("start", "train", "join", "end")}
+    pods = clean_cluster.pod_logs()
+    for step, kind in (("start", JOB_POD), ("train", JOBSET_CONTROL_POD), ("join", JOB_POD),
+                       ("end", JOB_POD)):
+        (job,) = tasks[step]
+        pod = kind.fullmatch(job)
+        assert pod and pod[1] in pods, (step, job, list(pods))
+    (join,) = tasks["join"].values()
+    assert "JOINED nodes=[0, 1]" in join, join
     logs = jobset_logs(clean_cluster, run)
     workers = worker_lines("\n".join(logs.values()))
     assert sorted(workers) == [0, 1] and all(w[:2] == (2, 1) for w in workers.values()), logs
     # The package the pods import is the code package's: the pod environment has none.
-    nodes = re.findall(r"NODE (\d) python=(\S+) rendezvous=(\S+)", "\n".join(logs.values()))
+    nodes = re.findall(r"NODE (\d) python=(\S+) rendezvous=(\S+) exit_code=0",
+                       "\n".join(logs.values()))
     assert sorted(node for node, _, _ in nodes) == ["0", "1"], logs
     for _, python, rendezvous_file in nodes:
         assert python.startswith(str(clean_cluster.pod_env)), python

@@ -29,7 +29,7 @@ dist.all_reduce(value)
 print(
     f"WORKER rank={rank} world={dist.get_world_size()} "
     f"local_world={os.environ['LOCAL_WORLD_SIZE']} master_port={os.environ['MASTER_PORT']} "
-    f"host={socket.gethostname()} sum={value.item():g}",
+    f"host={socket.gethostname()} sum={value.item():g} master={os.environ['MASTER_ADDR']}",
     flush=True,
 )
 dist.destroy_process_group()
