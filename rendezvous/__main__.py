@@ -13,8 +13,10 @@ never uses numpy; a worker's import still warns, as it is the program's), and
 torchrun's note that ``--master-addr`` is unused is dropped when nobody set it.
 """
 
+import atexit
 import logging
 import os
+import signal
 import sys
 import warnings
 from contextlib import contextmanager
@@ -39,7 +41,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     from .errors import MetaflowRendezvousError
     from .failure import Failure, FailureKind
     from .failures import child_failure
-    from .outcome import report, stop_reason
+    from .outcome import report
 
     register()
     use_job_restart_count()
@@ -72,13 +74,30 @@ def main(argv: Optional[List[str]] = None) -> None:
         report(child_failure(error, node_index))
         _exit(1)
     except SignalException as stop:
-        # SIGINT or SIGTERM from outside (Ctrl-C, a launcher stopping the job):
-        # the agent already stopped its workers. Not _exit: torch skips the
-        # handler's shutdown after a signal, and the handler's exit hook is
-        # what tells the other nodes.
-        reason = stop_reason(f"its torchrun agent was stopped by {stop.sigval.name}")
-        report(Failure(FailureKind.STOPPED, reason, node_index))
-        sys.exit(128 + stop.sigval)
+        # SIGINT or SIGTERM from outside (Ctrl-C, a launcher stopping the job).
+        _end_stopped(stop.sigval, node_index)
+
+
+def _end_stopped(stop_signal: signal.Signals, node_index: Optional[int]) -> NoReturn:
+    """End an agent that a signal stopped: report why, tell the other nodes, exit.
+
+    torch skips the handler's shutdown after a signal: the handler's exit hook is
+    what tells the other nodes, so it runs here. Then ``_exit``, not the
+    interpreter's teardown: when a second signal (Ctrl-C, then the task stopping
+    its agent) interrupted the agent's stop of its workers, their log tailing
+    threads never end, and the teardown would wait for them for ever with the
+    workers left running. The workers end with their agent (the worker
+    bootstrap's ``die_with_parent``). Further signals are held back, so that
+    none interrupts this.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    from .failure import Failure, FailureKind
+    from .outcome import report, stop_reason
+
+    reason = stop_reason(f"its torchrun agent was stopped by {stop_signal.name}")
+    report(Failure(FailureKind.STOPPED, reason, node_index))
+    atexit._run_exitfuncs()
+    _exit(128 + stop_signal)
 
 
 def _node_index() -> Optional[int]:
@@ -116,13 +135,16 @@ def _exit(code: int) -> NoReturn:
     helper thread (node 0 went away while this node waited on it). When that
     call fails during the teardown, the C++ runtime aborts the process
     (``terminate called without an active exception``, SIGABRT), which would
-    replace this exit code. Only for failures after which torch has called the
-    handler's ``shutdown`` (or before any handler existed): only the output is
-    left to flush.
+    replace this exit code. Only where the handler has nothing left to do:
+    torch has called its ``shutdown``, its exit hook has run, or no handler
+    existed; only the output is left to flush.
     """
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # the task reading it is gone (killed): nothing left to say
+            pass
     os._exit(code)
 
 
@@ -143,4 +165,9 @@ def _check_agent_settings(config) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    try:
+        main()
+    except SignalException as late_stop:  # one more signal came before the first's end held them back
+        _end_stopped(late_stop.sigval, _node_index())

@@ -45,8 +45,20 @@ def report(failure: Failure) -> None:
             with open(path, "w") as outcome_file:
                 json.dump({"failure": failure.to_dict()}, outcome_file)
         except OSError as error:
-            print(f"could not write the outcome file {path}: {error}", file=sys.stderr)
-    print(f"{LINE_PREFIX}{failure.summary}", file=sys.stderr)
+            _say(f"could not write the outcome file {path}: {error}")
+    _say(f"{LINE_PREFIX}{failure.summary}")
+
+
+def _say(line: str) -> None:
+    """Print ``line`` on stderr, unless no one reads it any more.
+
+    A killed task leaves its agent a broken pipe; the agent must still end
+    (its caller's next step), not raise ``BrokenPipeError``.
+    """
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def read_outcome(path: str) -> Optional[Failure]:

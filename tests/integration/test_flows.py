@@ -291,8 +291,9 @@ def assert_no_process_left(flows, flow, timeout: float = 120) -> None:
 # (tests/check_cleanup_guards.py removes each clean-up and checks that its test fails):
 # - Ctrl-C at a terminal: SIGINT to the foreground process group, the runtime, the tasks
 #   and the agents; torch starts the workers in sessions of their own, so they hear of it
-#   from their agent only, and ranks blocked in a C call do not hear it. The task stops its
-#   agent, and the workers die with it (worker.bootstrap.die_with_parent).
+#   from their agent only, and ranks blocked in a collective that only note SIGTERM (as
+#   Lightning's do) go on. The task stops its agent, and the workers die with it
+#   (worker.bootstrap.die_with_parent).
 # - SIGTERM to the process group (a CI runner's or a batch system's stop): every process of
 #   the group goes at once, but the card's relays run in sessions of their own and die with
 #   their tasks (card.exchange).

@@ -1,7 +1,8 @@
 """Worker: global rank --fail-rank raises from a nested call; every other rank idles.
 
-With --deaf-to-interrupts every rank ignores SIGINT, as a rank blocked in a C call (a
-collective waiting for its peers) does: Python runs no handler until the call returns.
+With --deaf-to-interrupts every rank goes on through SIGINT and SIGTERM, as a rank blocked
+in a collective does when its program notes SIGTERM to stop at the next batch (Lightning's
+Trainer does): Python runs no handler until the call returns, and that handler only notes.
 """
 import argparse
 import os
@@ -14,7 +15,8 @@ parser.add_argument("--idle-seconds", type=float, default=600)
 parser.add_argument("--deaf-to-interrupts", action="store_true")
 args = parser.parse_args()
 if args.deaf_to_interrupts:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: print("SIGTERM noted", flush=True))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # last: the test waits for it
 
 
 def check_batch(rank: int) -> None:
