@@ -19,10 +19,11 @@ setup(
     packages=find_namespace_packages(
         include=["rendezvous", "rendezvous.*", "metaflow_extensions.*"]
     ),
-    # torch 2.13 and metaflow 2.19.39 are the versions the test suite runs
-    # against; the backend relies on TCPStore.list_keys and the agent-store
-    # contract of torch.distributed.elastic as they are there.
-    install_requires=["torch>=2.13", "metaflow>=2.19.39"],
+    # torch 2.6 is the oldest release the compatibility run checks (make compat,
+    # docs/compatibility.md); what differs between releases is handled in
+    # rendezvous/torch_compat.py. The test suite runs on torch 2.13.0 and
+    # metaflow 2.19.39.
+    install_requires=["torch>=2.6", "metaflow>=2.19.39"],
     # numpy only silences torch's "Failed to initialize NumPy" warning in test logs.
     # moto's S3 server and the Kubernetes client (which Metaflow's @kubernetes needs to
     # build a JobSet) serve the remote rehearsal (tests/rehearsal). Lightning and

@@ -71,11 +71,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     except ChildFailedError as error:
         # The table torchrun shows as the end of a traceback, without the traceback.
         print(error.format_msg(), file=sys.stderr)
-        report(child_failure(error, node_index))
+        elsewhere = _root_cause_elsewhere()
+        report(child_failure(error, node_index) if elsewhere is None
+               else elsewhere.failure(node_index))
         _exit(1)
     except SignalException as stop:
         # SIGINT or SIGTERM from outside (Ctrl-C, a launcher stopping the job).
         _end_stopped(stop.sigval, node_index)
+    # This node's workers succeeded; another node's failure reaches here only
+    # where torch's launcher dropped what the handler's shutdown raised.
+    elsewhere = _root_cause_elsewhere()
+    if elsewhere is not None:
+        report(elsewhere.failure(node_index))
+        _exit(1)
 
 
 def _end_stopped(stop_signal: signal.Signals, node_index: Optional[int]) -> NoReturn:
@@ -98,6 +106,19 @@ def _end_stopped(stop_signal: signal.Signals, node_index: Optional[int]) -> NoRe
     report(Failure(FailureKind.STOPPED, reason, node_index))
     atexit._run_exitfuncs()
     _exit(128 + stop_signal)
+
+
+def _root_cause_elsewhere():
+    """The job's root cause when another node failed first, as the backend's handler knows it.
+
+    The handler's ``shutdown`` raises it, but torch 2.15's launcher logs and
+    drops that error (see ``rendezvous.torch_compat``), so torchrun may end
+    with this node's own error, or with none.
+    """
+    from ._entry_point import made_handler
+
+    handler = made_handler()
+    return None if handler is None else handler.root_cause_elsewhere()
 
 
 def _node_index() -> Optional[int]:
@@ -152,16 +173,21 @@ def _check_agent_settings(config) -> None:
     """What torch checks only once it builds the agent, with a bare AssertionError or KeyError."""
     from torch.distributed.elastic.events.handlers import get_logging_handler
 
+    from .torch_compat import event_log_handler
+
     if config.nproc_per_node < 1:
         raise ValueError(f"--nproc-per-node={config.nproc_per_node}: must be at least 1")
     if not config.monitor_interval > 0:
         raise ValueError(
             f"--monitor-interval={config.monitor_interval:g}: must be a positive number of seconds"
         )
+    handler_name = event_log_handler(config)
+    if handler_name is None:
+        return  # a torch without --event-log-handler
     try:
-        get_logging_handler(config.event_log_handler)
+        get_logging_handler(handler_name)
     except KeyError:
-        raise ValueError(f"--event-log-handler={config.event_log_handler!r} is unknown") from None
+        raise ValueError(f"--event-log-handler={handler_name!r} is unknown") from None
 
 
 if __name__ == "__main__":

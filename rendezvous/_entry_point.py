@@ -8,6 +8,15 @@ the same function, which keeps registering twice harmless.
 """
 
 
+# The handler create_handler made last: one torchrun agent per process makes one.
+_made = None
+
+
+def made_handler():
+    """The handler ``create_handler`` made last in this process, None before it made one."""
+    return _made
+
+
 def create_handler(params):
     """Build the handler (``rendezvous.handler``) from torchrun's ``RendezvousParameters``
     and the Metaflow environment.
@@ -39,7 +48,9 @@ def create_handler(params):
     # A port the compute layer declared for node 0 (@kubernetes(port=...)) is
     # the one its network policy opens; a port in the endpoint wins over it.
     host, port = store_address(params.endpoint, params.run_id, topology)
-    return MetaflowRendezvousHandler(topology, settings, params.run_id, host, port)
+    global _made
+    _made = MetaflowRendezvousHandler(topology, settings, params.run_id, host, port)
+    return _made
 
 
 def handler_creator():

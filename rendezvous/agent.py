@@ -15,15 +15,22 @@ count.
 from torch.distributed.elastic.agent.server.api import WorkerGroup
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 
+from .torch_compat import set_remaining_restarts
+
 
 class JobRestartCountAgent(LocalElasticAgent):
-    """torch's ``LocalElasticAgent`` whose restarts are the job's rounds (see the module)."""
+    """torch's ``LocalElasticAgent`` whose restarts are the job's rounds (see the module).
+
+    It overrides torch's private rendezvous step (``_rendezvous``, called at
+    the start and at every restart); what differs between torch releases is in
+    ``rendezvous.torch_compat``.
+    """
 
     def _rendezvous(self, worker_group: WorkerGroup) -> None:
         super()._rendezvous(worker_group)
         joined = getattr(worker_group.spec.rdzv_handler, "round", None)
         if joined is not None:  # the metaflow backend: round k is the job's k-th restart
-            self._remaining_restarts = max(0, worker_group.spec.max_restarts - joined)
+            set_remaining_restarts(self, max(0, worker_group.spec.max_restarts - joined))
 
 
 def use_job_restart_count() -> None:

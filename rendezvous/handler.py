@@ -46,6 +46,7 @@ from .store import (
     wipe_worker_keys,
 )
 from .topology import Topology
+from .torch_compat import STORE_LISTS_KEYS
 from .watcher import Watcher, wake_every_node
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,10 @@ class MetaflowRendezvousHandler(RendezvousHandler):
     - ``next_rendezvous`` joins round 0 on the first call and the next round on
       each later call (a restart). A round completes when all ``num_nodes``
       nodes arrived; each restart round starts with the workers' keys wiped, so
-      no stale address of the previous round leaks into the new one.
+      no stale address of the previous round leaks into the new one. Where
+      torch's store cannot list its keys (``rendezvous.torch_compat``), node 0
+      hosts a fresh store for each restart round's workers instead, on a port
+      the system picks, which becomes their ``MASTER_PORT``.
     - A node whose workers all succeeded never joins another round: when one
       node asks for a restart round after another node's workers finished (in
       either order), the job fails at once with ``RestartAfterFinishError``
@@ -80,7 +84,8 @@ class MetaflowRendezvousHandler(RendezvousHandler):
     - ``shutdown`` reads the in-flight exception (torch calls it from a
       ``finally`` block): with one, this node records why it failed; then it
       raises ``JobFailedError`` if another node's failure is the root cause
-      (see ``rendezvous.failures.root_cause``), replacing this node's own or secondary error.
+      (see ``rendezvous.failures.root_cause``), replacing this node's own or
+      secondary error, unless that failure is already the one in flight.
 
     Raises:
         JoinTimeoutError: not every node arrived within ``join_timeout``.
@@ -105,6 +110,7 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         self.endpoint = format_endpoint(host, port)
         self._keys = JobKeys(run_id)
         self._server: Optional[TCPStore] = None
+        self._worker_server: Optional[TCPStore] = None  # a restart round's, without list_keys
         self._main: Optional[BoundedConnection] = None
         self._side: Optional[BoundedConnection] = None
         self._watcher: Optional[Watcher] = None
@@ -148,12 +154,17 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         if self._main is None:
             self._open(deadline)
         target = self._round + 1
+        worker_server = None
         if target > 0:
             finished = self._main.call(lambda store: self._ask_for_round(store, target))
             if finished:
                 raise RestartAfterFinishError(restart_after_finish_reason(target, finished) + ".")
+            worker_server = self._host_worker_store(target)
         self._join(target, deadline)
         self._round = target
+        if worker_server is not None:
+            # Every worker of the previous round is stopped now: its store can go.
+            self._worker_server = worker_server
         logger.info(
             "metaflow rendezvous: node %d joined round %d of %s (%d nodes, store %s)",
             self.node_index, target, self.run_id, self.topology.num_nodes, self.endpoint,
@@ -165,7 +176,7 @@ class MetaflowRendezvousHandler(RendezvousHandler):
             ),
             self.node_index,
             self.topology.num_nodes,
-            RendezvousStoreInfo(master_addr=self.host, master_port=self.port),
+            RendezvousStoreInfo(master_addr=self.host, master_port=self._workers_port(target)),
         )
 
     def num_nodes_waiting(self) -> int:
@@ -182,10 +193,19 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         # Closing reads the failure records again: by now the root cause has
         # had the time it took to stop the workers to be recorded.
         self._close()
-        failure = self._failure()
-        if failure is not None and failure.node_index != self.node_index:
+        failure = self.root_cause_elsewhere()
+        if failure is not None and not _same_failure(in_flight, failure):
             raise failure
         return True
+
+    def root_cause_elsewhere(self) -> Optional[JobFailedError]:
+        """The job's root cause when another node failed first, else None.
+
+        ``shutdown`` raises it; where torch's launcher drops what ``shutdown``
+        raises (see ``rendezvous.torch_compat``), ``python -m rendezvous`` asks here.
+        """
+        failure = self._failure()
+        return failure if failure is not None and failure.node_index != self.node_index else None
 
     # Rounds
 
@@ -284,6 +304,27 @@ class MetaflowRendezvousHandler(RendezvousHandler):
             )
             self._watcher.publish_failure(refused.failure(int(asker)))
 
+    def _host_worker_store(self, round_: int) -> Optional[TCPStore]:
+        """Node 0, for restart round ``round_`` where the store cannot list its keys:
+        start a fresh store for the round's workers and name its port in the store.
+
+        Done before node 0 arrives in the round, so the port is known by the time
+        the round completes; None on every other node and where keys are wiped.
+        """
+        if STORE_LISTS_KEYS or not self.topology.is_control:
+            return None
+        server = host_store(self.host, 0, self.settings.heartbeat_timeout)
+        port_key = self._keys.worker_port(round_)
+        self._main.call(lambda store: store.set(port_key, str(server.port)))
+        return server
+
+    def _workers_port(self, round_: int) -> int:
+        """The port the workers of round ``round_`` reach their store on (their ``MASTER_PORT``)."""
+        if round_ == 0 or STORE_LISTS_KEYS:
+            return self.port
+        port_key = self._keys.worker_port(round_)
+        return int(self._main.call(lambda store: store.get(port_key)))
+
     def _join(self, round_: int, deadline: float) -> None:
         num_nodes = self.topology.num_nodes
         members_key = self._keys.members(round_)
@@ -309,7 +350,7 @@ class MetaflowRendezvousHandler(RendezvousHandler):
             error = TopologyError(reason + ".")
             self._watcher_publish(error.failure(self.node_index))
             raise error
-        if round_ > 0:
+        if round_ > 0 and STORE_LISTS_KEYS:
             namespace = self._keys.namespace
             self._main.call(lambda store: wipe_worker_keys(store, namespace))
         self._main.call(lambda store: store.set(complete_key, "1"))
@@ -389,6 +430,11 @@ class MetaflowRendezvousHandler(RendezvousHandler):
                 "its torchrun agent exited before the job finished (stopped by a signal?)"
             ))
             self._close()
+
+
+def _same_failure(error: Optional[BaseException], failure: JobFailedError) -> bool:
+    """Whether ``error`` already is the job's ``failure``: raising it again adds nothing."""
+    return isinstance(error, JobFailedError) and error.record == failure.record
 
 
 def _node_list(raw: bytes) -> List[int]:

@@ -16,6 +16,9 @@ The keys of one job, all below ``metaflow-torchrun/<rdzv id>/``:
   the member list and sets ``r<N>/complete``, which the others wait on.
 - ``r<N>/agent/``: the store handed to torch's agent for round N (rank
   assignment, exit barrier).
+- ``r<N>/worker_port``: on a torch whose store cannot list its keys, the port
+  of the store node 0 hosts for the workers of restart round N (see
+  ``rendezvous.torch_compat``).
 - ``hb/<i>``: heartbeat counter of node i; node 0 watches them all.
 - ``failures``: one record per failing node, in the order they were recorded;
   see ``rendezvous.failures``. ``failure_count`` counts them; the node whose
@@ -68,6 +71,9 @@ class JobKeys:
 
     def complete(self, round_: int) -> str:
         return f"{self._prefix}r{round_}/complete"
+
+    def worker_port(self, round_: int) -> str:
+        return f"{self._prefix}r{round_}/worker_port"
 
     def agent_prefix(self, round_: int) -> str:
         """The prefix of the store handed to torch's agent in round ``round_``."""

@@ -319,7 +319,8 @@ def wipe_worker_keys(store: Store, namespace: str) -> None:
 
     Those keys are what the previous round's workers left. Call it only while
     every worker is stopped, as while every node is inside ``next_rendezvous``,
-    which the agent calls only after stopping them.
+    which the agent calls only after stopping them, and only where the store
+    lists its keys (``rendezvous.torch_compat.STORE_LISTS_KEYS``).
     """
     for key in store.list_keys():
         if not key.startswith(namespace):

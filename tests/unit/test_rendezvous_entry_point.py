@@ -7,7 +7,7 @@ import sys
 import pytest
 from torch.distributed.elastic.rendezvous import RendezvousParameters
 
-from rendezvous._entry_point import create_handler
+from rendezvous._entry_point import create_handler, made_handler
 from rendezvous.endpoint import derive_port
 from rendezvous.errors import TopologyError
 from rendezvous.topology import read_topology
@@ -27,6 +27,13 @@ def test_create_handler_uses_topology_and_derived_port(monkeypatch):
     handler = create_handler(params())
     assert (handler.host, handler.port) == ("10.0.0.5", derive_port("run-1"))
     assert create_handler(params(endpoint="[::1]:4000")).endpoint == "[::1]:4000"
+
+
+def test_the_handler_made_last_is_remembered_for_python_m_rendezvous(monkeypatch):
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    handler = create_handler(params())
+    assert made_handler() is handler
 
 
 def test_port_declared_by_kubernetes_is_the_default_and_an_endpoint_port_wins(monkeypatch):
