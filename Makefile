@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench venv
+.PHONY: demo test bench compat venv
 
 # What the demo needs: torch and the package (which brings Metaflow), nothing else.
 $(BIN)/python:
@@ -35,3 +35,11 @@ test: $(VENV)/.test-extras
 
 bench: $(VENV)/.test-extras
 	bench/run_in_netns.sh $(BIN)/python -m bench.rendezvous_round
+
+# The compatibility run (docs/compatibility.md): the named checks on each torch
+# release in TORCH, each in a fresh virtual environment of about 5 GB (torch with
+# its CUDA packages) that is deleted after its checks. Not part of `make test`.
+# A pip constraint that caps torch must be lifted: PIP_CONSTRAINT=/dev/null.
+TORCH ?= 2.6.0 2.9.1 2.11.0 2.13.0 2.14.1 2.15.0
+compat: venv
+	$(BIN)/python -m bench.torch_releases $(TORCH)
