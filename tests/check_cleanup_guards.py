@@ -54,14 +54,14 @@ CLEANUPS = [
     # A local node's task is tied to node 0's twice: from its start (this edit), and by
     # the tie every local task makes once it runs (LOCAL_TASK_TIE), which alone keeps the
     # tests green. The first covers only the second before the second: no test can time a
-    # death into it, so the two are removed together.
+    # death into it, so the two are removed together. Only a node outside torchrun needs
+    # them: one in a job fails by itself once node 0's store is gone (the backend).
     Cleanup("a local node's task dies with node 0's",
             [Edit(PLUGINS + "launch/local_nodes.py",
                   "preexec_fn=functools.partial(die_with_parent, signal.SIGTERM, os.getpid()),",
                   "preexec_fn=None,"),
              LOCAL_TASK_TIE],
-            [FLOWS_TESTS + "test_killed_control_task_takes_every_node_down",
-             FLOWS_TESTS + "test_interrupted_runner_program_leaves_no_process"]),
+            [FLOWS_TESTS + "test_killed_control_task_takes_every_node_down"]),
     Cleanup("the torchrun agent dies with its task",
             [Edit(PLUGINS + "launch/launcher.py",
                   "preexec_fn=functools.partial(\n"

@@ -331,9 +331,9 @@ def test_interrupted_runner_program_leaves_no_process(flows):
 
     The Runner's handler SIGTERMs the flow process and its children (the runtime's tasks),
     and SIGKILLs them 2 s later; node 1's task is a child of node 0's, and the agents and
-    workers are further down, so only our clean-up ends them: each node's task dies with
-    its parent (launch.local_nodes), each agent with its task (launch.launcher), each
-    worker with its agent.
+    workers are further down, so only our clean-up ends them: each agent dies with its
+    task (launch.launcher), each worker with its agent, and node 1's job fails once node
+    0's store is gone.
     """
     options = json.dumps({"fail-rank": 99})
     program = RunningFlow(subprocess.Popen(
