@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench compat venv
+.PHONY: demo test bench compat venv gpu-wheels
 
 # What the demo needs: torch and the package (which brings Metaflow), nothing else.
 $(BIN)/python:
@@ -43,3 +43,13 @@ bench: $(VENV)/.test-extras
 TORCH ?= 2.6.0 2.9.1 2.11.0 2.13.0 2.14.1 2.15.0
 compat: venv
 	$(BIN)/python -m bench.torch_releases $(TORCH)
+
+# The GPU path (docs/gpu.md): what a GPU machine without a package registry lacks to
+# run `python3 -m bench.gpu_check` on its own torch: Metaflow, its small dependencies
+# and this package, as wheels for its Python (GPU_PYTHON) in gpu-wheels/.
+GPU_PYTHON ?= 3.12
+gpu-wheels: venv
+	rm -rf gpu-wheels
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) \
+		--implementation cp -d gpu-wheels $(foreach package,metaflow boto3 botocore s3transfer jmespath,$(package)==$(shell $(BIN)/python -c "from importlib.metadata import version; print(version('$(package)'))"))
+	$(BIN)/pip wheel --quiet --no-deps -w gpu-wheels .
