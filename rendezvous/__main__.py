@@ -191,9 +191,13 @@ def _check_agent_settings(config) -> None:
 
 
 if __name__ == "__main__":
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-
     try:
         main()
-    except SignalException as late_stop:  # one more signal came before the first's end held them back
-        _end_stopped(late_stop.sigval, _node_index())
+    except BaseException as error:
+        # Imported here, after main's own import of torch, whose numpy warning it silences.
+        from torch.distributed.elastic.multiprocessing.api import SignalException
+
+        if not isinstance(error, SignalException):
+            raise
+        # One more signal came before the first's end held them back.
+        _end_stopped(error.sigval, _node_index())
