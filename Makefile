@@ -30,8 +30,11 @@ DEMO_USER := $(firstword $(filter-out root,$(METAFLOW_USER) $(SUDO_USER) $(USERN
 demo: venv
 	METAFLOW_USER=$(DEMO_USER) $(BIN)/python examples/hello/flow.py run
 
+# Two test processes (pytest-xdist): most tests wait on processes they started (flows,
+# pods, timeouts), so two at a time keep both cores busy; the suite is built for it
+# (test hosts, ports, markers and shared environments are per test or locked).
 test: $(VENV)/.test-extras
-	$(BIN)/python -m pytest tests --durations=25
+	$(BIN)/python -m pytest tests -n 2 --durations=25
 
 bench: $(VENV)/.test-extras
 	bench/run_in_netns.sh $(BIN)/python -m bench.rendezvous_round

@@ -51,16 +51,21 @@ def venv_in_use(location: Path, pip_args: Sequence[str], what: str) -> Iterator[
     """``location`` as a virtual environment holding ``pip install pip_args``, while the block runs.
 
     Built if missing or half-built (once, whoever calls first; the others wait
-    for it). While the block runs, a shared lock on ``<location>.lock`` marks
-    the environment as in use, so that ``remove_unused`` leaves it alone.
+    for it, under the lock ``<location>.build``). While the block runs, a shared
+    lock on ``<location>.lock`` marks the environment as in use, so that
+    ``remove_unused`` leaves it alone; users never wait for each other, which
+    matters when several test processes hold it for a whole session at once.
 
     Raises VenvBuildError, naming ``what``, when pip fails.
     """
-    with open(f"{location}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (location / _COMPLETE).exists():
-            _build(location, pip_args, what)
-        fcntl.flock(lock, fcntl.LOCK_SH)  # others may use it too, nobody removes it
+    with open(f"{location}.build", "w") as build_lock, open(f"{location}.lock", "w") as lock:
+        fcntl.flock(build_lock, fcntl.LOCK_EX)
+        try:
+            if not (location / _COMPLETE).exists():
+                _build(location, pip_args, what)
+            fcntl.flock(lock, fcntl.LOCK_SH)  # others may use it too, nobody removes it
+        finally:
+            fcntl.flock(build_lock, fcntl.LOCK_UN)
         yield location
 
 
@@ -77,6 +82,7 @@ def remove_unused(prefix: str, keep: Path) -> None:
                 continue  # in use by another session
             shutil.rmtree(location, ignore_errors=True)
             lock_path.unlink()
+            Path(f"{location}.build").unlink(missing_ok=True)
 
 
 def _build(location: Path, pip_args: Sequence[str], what: str) -> None:
