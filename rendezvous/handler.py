@@ -110,7 +110,8 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         self.endpoint = format_endpoint(host, port)
         self._keys = JobKeys(run_id)
         self._server: Optional[TCPStore] = None
-        self._worker_server: Optional[TCPStore] = None  # a restart round's, without list_keys
+        # Keeps the store of the current restart round's workers listening (torch before 2.10).
+        self._worker_server: Optional[TCPStore] = None
         self._main: Optional[BoundedConnection] = None
         self._side: Optional[BoundedConnection] = None
         self._watcher: Optional[Watcher] = None
