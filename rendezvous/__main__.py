@@ -66,14 +66,14 @@ def main(argv: Optional[List[str]] = None) -> None:
             # This node's workers failed too, but after another node's: show
             # their table, then the root cause last, where readers look.
             print(error.__context__.format_msg(), file=sys.stderr)
-        report(error.failure(node_index))
+        report(_with_last_hang(error.failure(node_index)))
         _exit(1)
     except ChildFailedError as error:
         # The table torchrun shows as the end of a traceback, without the traceback.
         print(error.format_msg(), file=sys.stderr)
         elsewhere = _root_cause_elsewhere()
-        report(child_failure(error, node_index) if elsewhere is None
-               else elsewhere.failure(node_index))
+        report(_with_last_hang(child_failure(error, node_index) if elsewhere is None
+                               else elsewhere.failure(node_index)))
         _exit(1)
     except SignalException as stop:
         # SIGINT or SIGTERM from outside (Ctrl-C, a launcher stopping the job).
@@ -82,7 +82,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     # where torch's launcher dropped what the handler's shutdown raised.
     elsewhere = _root_cause_elsewhere()
     if elsewhere is not None:
-        report(elsewhere.failure(node_index))
+        report(_with_last_hang(elsewhere.failure(node_index)))
         _exit(1)
 
 
@@ -103,7 +103,7 @@ def _end_stopped(stop_signal: signal.Signals, node_index: Optional[int]) -> NoRe
     from .outcome import report, stop_reason
 
     reason = stop_reason(f"its torchrun agent was stopped by {stop_signal.name}")
-    report(Failure(FailureKind.STOPPED, reason, node_index))
+    report(_with_last_hang(Failure(FailureKind.STOPPED, reason, node_index)))
     atexit._run_exitfuncs()
     _exit(128 + stop_signal)
 
@@ -119,6 +119,20 @@ def _root_cause_elsewhere():
 
     handler = made_handler()
     return None if handler is None else handler.root_cause_elsewhere()
+
+
+def _with_last_hang(failure):
+    """``failure`` with this node's last hang report, if the job was reported hung when it ended
+    (a collective's own timeout, the step's timeout): the failure then says what held it up."""
+    from dataclasses import replace
+
+    from ._entry_point import made_handler
+
+    handler = made_handler()
+    hang = None if handler is None else handler.last_hang_report()
+    if failure.hang is not None or hang is None or not hang.hung:
+        return failure
+    return replace(failure, hang=hang.without_threads())
 
 
 def _node_index() -> Optional[int]:

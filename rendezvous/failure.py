@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, Dict, Optional, Tuple
 
+from .hangs.diagnosis import HangReport
+
 # How many of the last lines of a failing rank's traceback travel with a failure.
 TRACEBACK_TAIL_LINES = 20
 # And at most this many characters of them: every node reads the records at a failure.
@@ -57,6 +59,7 @@ class FailureKind(str, Enum):
     RESTART_REFUSED = "restart-refused"  # a restart asked for after another node finished
     STOPPED = "stopped"  # an agent was stopped from outside (a signal)
     RENDEZVOUS = "rendezvous"  # the rendezvous could not work (arguments, topology, store)
+    HUNG = "hung"  # ranks waited in a collective for hang_fail_after; see Failure.hang
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,13 @@ class Failure:
         rank, local_rank: the failing rank's global and local rank, for a rank's failure.
         exit_code: the rank's exit code; None where a signal ended it (see ``signal``).
         signal: the name of the signal that ended the rank (``"SIGKILL"``), else None.
-        traceback_tail: the end of the failing rank's traceback, "" without one.
+        traceback_tail: the end of the failing rank's traceback, "" without one;
+            for a hang, the culprits' stacks.
         time: when it failed (``time.time()``).
+        hang: the hang diagnosis (``rendezvous.hangs.diagnosis.HangReport``): of a
+            ``HUNG`` failure, and of any failure that ended a job reported hung (a
+            collective's own timeout), else None. For a hang, ``node_index``,
+            ``rank`` and ``local_rank`` name its first culprit, if it has one.
     """
 
     kind: FailureKind
@@ -84,10 +92,13 @@ class Failure:
     signal: Optional[str] = None
     traceback_tail: str = ""
     time: float = field(default_factory=time.time)
+    hang: Optional[HangReport] = None
 
     @property
     def summary(self) -> str:
         """One line for people: who failed first and how. Never parsed back."""
+        if self.kind == FailureKind.HUNG:
+            return f"the job hung: {self.message}"
         if self.rank is not None or self.local_rank is not None:
             how = (f"was killed by {self.signal}" if self.signal
                    else f"exited with code {self.exit_code}")
@@ -111,6 +122,7 @@ class Failure:
     def to_dict(self) -> Dict[str, Any]:
         data = asdict(self)
         data["kind"] = self.kind.value
+        data["hang"] = None if self.hang is None else self.hang.to_dict()
         return data
 
     @classmethod
@@ -142,6 +154,7 @@ class Failure:
             signal=data.get("signal") or None,
             traceback_tail=str(data.get("traceback_tail") or ""),
             time=float(data.get("time") or 0.0),
+            hang=_hang(data.get("hang")),
         )
 
     def to_json(self) -> str:
@@ -152,6 +165,14 @@ class Failure:
     def from_json(cls, line: str) -> "Failure":
         """Raises ``ValueError`` for a line that is not a record."""
         return cls.from_dict(json.loads(line))
+
+
+def _hang(data: object) -> Optional[HangReport]:
+    """The hang report of a record; None without one, or for one this version cannot read."""
+    try:
+        return HangReport.from_dict(data) if isinstance(data, dict) else None
+    except ValueError:
+        return None
 
 
 __all__ = [

@@ -33,6 +33,9 @@ from .errors import (
 )
 from .failure import Failure, FailureKind
 from .failures import agent_failure
+from .hangs.diagnosis import HangReport
+from .hangs.probe import DIRECTORY_VAR as HANG_DIRECTORY_VAR
+from .hangs.watch import HangWatch
 from .keys import JobKeys
 from .network import socket_ifname_defaults
 from .outcome import stop_reason
@@ -115,6 +118,7 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         self._main: Optional[BoundedConnection] = None
         self._side: Optional[BoundedConnection] = None
         self._watcher: Optional[Watcher] = None
+        self._hangs: Optional[HangWatch] = None
         self._round = -1
         self._closed = False
         atexit.register(self._close_at_exit)
@@ -248,6 +252,18 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         )
         self._watcher.start()
         self._export_socket_ifname()
+        if self.settings.hang_timeout:
+            self._hangs = HangWatch(
+                self._keys, self.settings, self.topology, self.host, self.port,
+                publish_failure=self._watcher.publish_failure,
+                directory=os.environ.get(HANG_DIRECTORY_VAR),
+            )
+            self._hangs.start()
+            os.environ.update(self._hangs.worker_environment(os.environ))
+
+    def last_hang_report(self) -> Optional[HangReport]:
+        """The newest hang report this node received (``rendezvous.hangs``), None before one."""
+        return None if self._hangs is None else self._hangs.last_report()
 
     def _export_socket_ifname(self) -> None:
         """Point the workers' gloo and NCCL at the interface that reaches node 0.
@@ -415,6 +431,8 @@ class MetaflowRendezvousHandler(RendezvousHandler):
             return
         self._closed = True
         watcher.stop()
+        if self._hangs is not None:
+            self._hangs.stop()
         closed_key = self._keys.closed
         try:
             watcher.reread_failure()

@@ -29,6 +29,10 @@ The keys of one job, all below ``metaflow-torchrun/<rdzv id>/``:
   entered torch's exit barrier); such a node never joins another round.
 - ``closed``: one count per node that finished; node 0 waits for them before
   taking the store down.
+- ``hang/``: hang diagnosis (``rendezvous.hangs.watch``): ``suspected``,
+  ``gather`` and ``reported`` count the nodes' requests, node 0's gathers and
+  its reports; ``state/<n>/<i>`` is node i's answer to gather n; ``report``
+  the newest report; ``wake/<i>`` wakes node i's hang watch.
 - ``card/``: with ``@card`` on the step, each node's ranks for the card and
   two flags; named by the extension's status relay, which runs as a script
   where this package may not be importable.
@@ -84,6 +88,28 @@ class JobKeys:
 
     def wake(self, node: int) -> str:
         return f"{self._prefix}wake/{node}"
+
+    @property
+    def hang_suspected(self) -> str:
+        return f"{self._prefix}hang/suspected"
+
+    @property
+    def hang_gather(self) -> str:
+        return f"{self._prefix}hang/gather"
+
+    @property
+    def hang_reported(self) -> str:
+        return f"{self._prefix}hang/reported"
+
+    @property
+    def hang_report(self) -> str:
+        return f"{self._prefix}hang/report"
+
+    def hang_state(self, gather: int, node: int) -> str:
+        return f"{self._prefix}hang/state/{gather}/{node}"
+
+    def hang_wake(self, node: int) -> str:
+        return f"{self._prefix}hang/wake/{node}"
 
 
 __all__ = ["JobKeys"]

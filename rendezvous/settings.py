@@ -12,6 +12,8 @@ from .errors import ConfigError
 # earlier versions polled the store at; nothing polls now (see
 # ``rendezvous.watcher``), and old command lines keep working.
 _KEYS_IGNORED = frozenset({"timeout", "poll_interval"})
+# Keys whose 0 means "off".
+_KEYS_OFF_AT_ZERO = frozenset({"hang_timeout", "hang_fail_after"})
 
 
 @dataclass(frozen=True)
@@ -29,20 +31,29 @@ class RendezvousSettings:
             node 0's store may answer nothing before it counts as unreachable.
         close_timeout: how long node 0 keeps the store up at the end so the
             other nodes can read how the job ended.
+        hang_timeout: how long a rank may wait in one collective before the
+            job counts as hung and node 0 diagnoses it (``rendezvous.hangs``);
+            0 turns hang diagnosis off. Well below gloo's (1800 s) and NCCL's
+            (600 s) own timeouts, which fail the job without saying why.
+        hang_fail_after: 0 (the default) only reports a hang, for as long as it
+            lasts; a positive number fails the job once it has been reported
+            hung for that long, so that ``@retry`` can take over.
     """
 
     join_timeout: float = 600.0
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 15.0
     close_timeout: float = 5.0
+    hang_timeout: float = 300.0
+    hang_fail_after: float = 0.0
 
     def __post_init__(self) -> None:
         for field in fields(self):
             value = getattr(self, field.name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ConfigError(
-                    f"--rdzv-conf {field.name}={value!r}: must be a positive number of seconds."
-                )
+            zero_allowed = field.name in _KEYS_OFF_AT_ZERO
+            if not (isinstance(value, (int, float)) and math.isfinite(value)
+                    and (value > 0 or (zero_allowed and value == 0))):
+                raise ConfigError(f"--rdzv-conf {field.name}={value!r}: {_must_be(field.name)}.")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ConfigError(
                 f"--rdzv-conf heartbeat_timeout={self.heartbeat_timeout} must be larger than "
@@ -69,7 +80,11 @@ class RendezvousSettings:
             try:
                 values[key] = float(raw)  # type: ignore[arg-type]
             except (TypeError, ValueError):
-                raise ConfigError(
-                    f"--rdzv-conf {key}={raw!r}: must be a positive number of seconds."
-                ) from None
+                raise ConfigError(f"--rdzv-conf {key}={raw!r}: {_must_be(key)}.") from None
         return cls(**values)
+
+
+def _must_be(key: str) -> str:
+    if key in _KEYS_OFF_AT_ZERO:
+        return "must be a number of seconds, or 0 for off"
+    return "must be a positive number of seconds"

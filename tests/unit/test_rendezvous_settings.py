@@ -25,11 +25,19 @@ def test_settings_defaults_and_overrides():
         ({"join_timeout": "0"}, "join_timeout=0.0: must be a positive number"),
         ({"join_timeout": "nan"}, "must be a positive number"),
         ({"heartbeat_timeout": "1", "heartbeat_interval": "2"}, "must be larger than"),
+        ({"hang_timeout": "-1"}, "hang_timeout=-1.0: must be a number of seconds, or 0 for off"),
+        ({"hang_fail_after": "later"}, "hang_fail_after='later': must be a number of seconds, or 0"),
     ],
 )
 def test_settings_refuse_bad_values(config, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         RendezvousSettings.from_config(config)
+
+
+def test_hang_settings_default_to_report_only_and_zero_turns_them_off():
+    assert (RendezvousSettings().hang_timeout, RendezvousSettings().hang_fail_after) == (300, 0)
+    settings = RendezvousSettings.from_config({"hang_timeout": "0", "hang_fail_after": "30"})
+    assert (settings.hang_timeout, settings.hang_fail_after) == (0, 30)
 
 
 def test_poll_interval_of_earlier_versions_is_accepted_and_means_nothing():
@@ -39,7 +47,7 @@ def test_poll_interval_of_earlier_versions_is_accepted_and_means_nothing():
 
 KEYS = st.sampled_from(
     ["join_timeout", "heartbeat_interval", "heartbeat_timeout", "poll_interval", "close_timeout",
-     "timeout", "join_timout", "rank", ""]
+     "hang_timeout", "hang_fail_after", "timeout", "join_timout", "rank", ""]
 )
 
 
@@ -62,6 +70,7 @@ def test_settings_are_valid_or_refused_with_config_error(config):
     except ConfigError as error:
         assert "--rdzv-conf" in str(error) or "unknown" in str(error)
         return
-    for value in vars(settings).values():
-        assert math.isfinite(value) and value > 0
+    for name, value in vars(settings).items():
+        # The hang settings' 0 means off.
+        assert math.isfinite(value) and (value > 0 or (name.startswith("hang_") and value == 0))
     assert settings.heartbeat_timeout > settings.heartbeat_interval

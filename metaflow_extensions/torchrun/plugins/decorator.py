@@ -46,6 +46,15 @@ class TorchrunDecorator(ParallelDecorator):
     all_nodes_started_timeout : int, default 600
         Seconds to wait for every node to join before failing with the list of
         nodes that did not.
+    hang_timeout : int, optional, default None
+        Seconds a rank may wait in one collective before the job counts as
+        hung: every node then logs which ranks hold the others up and where
+        they are (file:line), and the card shows it. None keeps the backend's
+        default (300); 0 turns hang diagnosis off.
+    hang_fail_after : int, optional, default None
+        Fail the job once it has been reported hung for this many seconds, so
+        that @retry can take over; by default a hang is only reported (a long
+        wait at a barrier looks the same).
 
     MF Add To Current
     -----------------
@@ -65,6 +74,8 @@ class TorchrunDecorator(ParallelDecorator):
         "nproc_per_node": None,
         "master_port": None,
         "all_nodes_started_timeout": 600,
+        "hang_timeout": None,
+        "hang_fail_after": None,
     }
 
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):

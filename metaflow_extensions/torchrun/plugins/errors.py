@@ -4,7 +4,7 @@ from typing import Optional
 
 from metaflow.exception import MetaflowException
 
-from rendezvous.failure import Failure
+from rendezvous.failure import Failure, FailureKind
 
 
 class TorchrunException(MetaflowException):
@@ -43,14 +43,19 @@ class TorchrunFailed(TorchrunException):
         kind: how it failed, a ``FailureKind`` (a ``str``): ``"raised"``,
             ``"killed"``, ``"exited"``, ``"peer-lost"``, ``"node-lost"``,
             ``"node-never-arrived"``, ``"restart-refused"``, ``"stopped"``,
-            ``"rendezvous"``.
+            ``"rendezvous"``, ``"hung"`` (``hang_fail_after`` ended a hang).
         node_index: the node that failed first, when known, else None.
         rank, local_rank: the global and local rank that failed first, for a
             rank's failure, else None.
         exit_code: that rank's exit code; None where a signal ended it.
         signal: the name of that signal (``"SIGKILL"``), else None.
         reason: the failure's own words (a rank's last error line).
-        traceback_tail: the end of the failing rank's traceback, else "".
+        traceback_tail: the end of the failing rank's traceback, else ""; for a
+            hang, the culprits' stacks.
+        hang: the hang diagnosis (``rendezvous.hangs.diagnosis.HangReport``) when
+            the job was reported hung as it ended, else None: its ``culprits``
+            (node, rank, local rank, ``where``: file and line) and ``waits``
+            (the collectives the others waited in).
         time: when it failed (seconds since the epoch).
         summary: one line naming what failed first, for people.
         log_dir: this node's per-rank log directory.
@@ -75,6 +80,7 @@ class TorchrunFailed(TorchrunException):
         self.signal = failure.signal
         self.reason = failure.message
         self.traceback_tail = failure.traceback_tail
+        self.hang = failure.hang
         self.time = failure.time
         self.summary = failure.summary
         self.log_dir = log_dir
@@ -83,6 +89,8 @@ class TorchrunFailed(TorchrunException):
         parts = [self.summary]
         if failure.traceback_tail:
             parts.append(failure.traceback_tail.rstrip())
+        if failure.hang is not None and failure.kind != FailureKind.HUNG:
+            parts.append(f"It had been reported hung: {failure.hang.summary}")
         if hint:
             parts.append(hint)
         if log_dir:

@@ -341,14 +341,20 @@ def plan_launch(
     bootstrap: str,
     entry: Entrypoint,
     program_args: Sequence[str],
+    hang_timeout: Optional[float] = None,
+    hang_fail_after: Optional[float] = None,
 ) -> LaunchPlan:
     """Combine checked inputs into a plan.
 
     ``nproc_per_node`` was already resolved (``flags.nproc_per_node`` among
-    its sources); ``flags.rdzv_conf`` is merged over ``join_timeout`` (a
-    user's ``join_timeout`` wins); ``flags.log_dir`` replaces ``default_log_dir``.
+    its sources); ``flags.rdzv_conf`` is merged over ``join_timeout`` and the
+    ``hang_*`` settings given (a user's ``--rdzv-conf`` key wins; one not given
+    keeps the backend's default); ``flags.log_dir`` replaces ``default_log_dir``.
     """
-    rdzv_conf = {_JOIN_TIMEOUT: f"{join_timeout:g}", **dict(flags.rdzv_conf)}
+    hang_conf = {key: f"{value:g}" for key, value in
+                 (("hang_timeout", hang_timeout), ("hang_fail_after", hang_fail_after))
+                 if value is not None}
+    rdzv_conf = {_JOIN_TIMEOUT: f"{join_timeout:g}", **hang_conf, **dict(flags.rdzv_conf)}
     return LaunchPlan(
         python=python,
         num_nodes=num_nodes,

@@ -19,6 +19,7 @@ from dataclasses import replace
 from typing import Any, Dict, List, Mapping, Optional
 
 from rendezvous.failure import Failure, FailureKind
+from rendezvous.hangs.probe import DIRECTORY_VAR as HANG_DIRECTORY_VAR
 from rendezvous.outcome import OUTCOME_FILE_VAR, STOP_REASON_FILE_VAR, read_outcome
 from rendezvous.topology import Topology, read_topology
 
@@ -213,6 +214,8 @@ class TorchrunLauncher:
                 # endpoint also keeps torchrun from warning about master_addr.)
                 rdzv_endpoint=f":{port}" if port else topology.main_ip,
                 join_timeout=self._settings.join_timeout,
+                hang_timeout=self._settings.hang_timeout,
+                hang_fail_after=self._settings.hang_fail_after,
                 default_log_dir=os.path.join(
                     tempfile.gettempdir(), "metaflow-torchrun", rdzv_id,
                     f"node-{topology.node_index}",
@@ -254,6 +257,8 @@ class TorchrunLauncher:
                 **topology.environment(),
                 OUTCOME_FILE_VAR: outcome_path,
                 STOP_REASON_FILE_VAR: stop_reason_path,
+                # Where the workers' hang probes and the backend's hang reports go.
+                HANG_DIRECTORY_VAR: os.path.join(os.path.dirname(outcome_path), "hangs"),
             },
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

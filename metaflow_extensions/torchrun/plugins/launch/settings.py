@@ -26,12 +26,16 @@ class StepSettings:
         join_timeout: seconds to wait for every node to join.
         requested_gpus: GPUs per node requested with ``@resources``,
             ``@kubernetes`` or ``@batch`` (0 if none).
+        hang_timeout, hang_fail_after: the backend's settings of those names
+            (``rendezvous.settings``), or None for its defaults.
     """
 
     nproc_per_node: Optional[str]
     master_port: Optional[int]
     join_timeout: float
     requested_gpus: int
+    hang_timeout: Optional[float] = None
+    hang_fail_after: Optional[float] = None
 
     @classmethod
     def from_attributes(
@@ -51,6 +55,10 @@ class StepSettings:
             master_port=_checked_port(attributes["master_port"]),
             join_timeout=_checked_timeout(attributes["all_nodes_started_timeout"]),
             requested_gpus=_requested_gpus(decorators),
+            hang_timeout=_checked_hang_setting("hang_timeout", attributes.get("hang_timeout")),
+            hang_fail_after=_checked_hang_setting(
+                "hang_fail_after", attributes.get("hang_fail_after")
+            ),
         )
 
 
@@ -97,6 +105,22 @@ def _checked_timeout(value: object) -> float:
             f"@torchrun(all_nodes_started_timeout={value!r}): give the number of seconds to "
             f"wait for every node to join, a positive number (default 600)."
         )
+    return seconds
+
+
+def _checked_hang_setting(name: str, value: object) -> Optional[float]:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(value, bool) or not (math.isfinite(seconds) and seconds >= 0):
+        what = ("how long a rank may wait in one collective before the job is diagnosed as "
+                "hung (default 300), or 0 for no hang diagnosis" if name == "hang_timeout" else
+                "how long a hang may last before the job is failed for it, or 0 (the default) "
+                "to only report it")
+        raise TorchrunArgumentError(f"@torchrun({name}={value!r}): give {what}, in seconds.")
     return seconds
 
 

@@ -1,0 +1,180 @@
+"""The hang probe: runs inside each torchrun worker and tells its agent where the worker is.
+
+``start`` (called by ``site/sitecustomize.py`` as the worker's interpreter
+starts, before the user's script) does two things, and only in a process
+whose parent is the agent that asked for it (``AGENT_PID_VAR``), so that a
+data loader's worker or any other Python the script starts is left alone:
+
+- it registers ``faulthandler`` for ``STACK_SIGNAL``: on that signal every
+  thread's Python stack goes to ``rank-<R>.stacks`` in ``DIRECTORY_VAR``'s
+  directory (the agent empties the file first);
+- it starts a daemon thread that, once the script initialized
+  ``torch.distributed``, reads the worker's flight recorder once per second
+  (``torch._C._distributed_c10d._dump_fr_trace``, which records gloo's
+  collectives too) and, when its position changed, writes ``rank-<R>.json``:
+  per process group, the last collective entered and completed, its op and
+  when it was entered. The thread never imports torch itself and never raises.
+
+This file is loaded by path in the worker and imported by the agent for the
+file names and the record's layout: standard library only, nothing of ours.
+"""
+
+import faulthandler
+import json
+import os
+import pickle
+import signal
+import sys
+import sysconfig
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+DIRECTORY_VAR = "METAFLOW_RENDEZVOUS_HANG_DIR"
+AGENT_PID_VAR = "METAFLOW_RENDEZVOUS_AGENT_PID"
+# A real-time signal: no library uses it, and its default action (end the
+# process) never happens, since the agent signals only workers that registered.
+STACK_SIGNAL: Optional[int] = (
+    signal.SIGRTMIN + 6 if hasattr(signal, "SIGRTMIN") else None  # type: ignore[attr-defined]
+)
+# How often the thread reads the flight recorder: also the resolution of a wait's start.
+INTERVAL = 1.0
+
+
+def progress_path(directory: str, rank: int) -> str:
+    return os.path.join(directory, f"rank-{rank}.json")
+
+
+def stacks_path(directory: str, rank: int) -> str:
+    return os.path.join(directory, f"rank-{rank}.stacks")
+
+
+def read_progress(path: str) -> Optional[Dict[str, Any]]:
+    """A record ``rank-<R>.json`` holds, None if it cannot be read."""
+    try:
+        with open(path) as progress_file:
+            record = json.load(progress_file)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def start() -> bool:
+    """Start the probe in this worker, if its agent asked for one. Never raises.
+
+    Returns whether it started.
+    """
+    directory = os.environ.get(DIRECTORY_VAR)
+    try:
+        if not directory or os.getppid() != int(os.environ.get(AGENT_PID_VAR, "-1")):
+            return False
+        rank = int(os.environ["RANK"])
+        stacks = open(stacks_path(directory, rank), "a")  # held open: the handler writes to it
+        if STACK_SIGNAL is not None:
+            faulthandler.register(STACK_SIGNAL, file=stacks, all_threads=True, chain=False)
+        probe = _Probe(directory, rank, stacks_signal=STACK_SIGNAL)
+        threading.Thread(target=probe.run, name="metaflow-rdzv-hang-probe", daemon=True).start()
+        return True
+    except Exception as error:  # the user's script runs either way
+        print(f"metaflow rendezvous: hang diagnosis is off in this worker: {error!r}",
+              file=sys.stderr, flush=True)
+        return False
+
+
+class _Probe:
+    """The thread's state: what it last wrote, to write only changes."""
+
+    def __init__(self, directory: str, rank: int, stacks_signal: Optional[int]):
+        self._path = progress_path(directory, rank)
+        self._identity = {
+            "pid": os.getpid(),
+            "rank": rank,
+            "local_rank": int(os.environ.get("LOCAL_RANK", "0")),
+            "node": int(os.environ.get("GROUP_RANK", "0")),
+            "world_size": int(os.environ.get("WORLD_SIZE", "0")),
+            "main_thread": threading.main_thread().ident,
+            "stack_signal": stacks_signal,
+            "library_dirs": _library_dirs(),
+        }
+        self._last: Dict[str, Any] = {"groups": [], "positions_known": True}
+
+    def run(self) -> None:
+        failures = 0
+        status: Dict[str, Any] = {}
+        self._write(self._last)
+        while failures < 3:
+            time.sleep(INTERVAL)
+            try:
+                status, position = _position(status, self._last)
+                if position != self._last:
+                    self._write(position)
+                failures = 0
+            except Exception:  # a torch whose recorder changed shape: keep quiet, try again
+                failures += 1
+
+    def _write(self, position: Dict[str, Any]) -> None:
+        self._last = position
+        temporary = f"{self._path}.{os.getpid()}.tmp"
+        with open(temporary, "w") as progress_file:
+            json.dump({**self._identity, **position}, progress_file)
+        os.replace(temporary, self._path)
+
+
+def _position(last_status: Dict[str, Any], last: Dict[str, Any]) -> "tuple[Dict, Dict]":
+    """This worker's position in each process group, as its flight recorder has it, and the
+    recorder's status it comes from (``last`` again while the status is ``last_status``)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return {}, {"groups": [], "positions_known": True}
+    c10d = sys.modules["torch"]._C._distributed_c10d
+    if not hasattr(c10d, "_dump_fr_trace"):
+        return {}, {"groups": [], "positions_known": False}
+    status = pickle.loads(c10d._dump_fr_trace(False, False, True))["pg_status"]
+    if status == last_status:
+        return status, last
+    entered = {name: state["last_enqueued_collective"] for name, state in status.items()}
+    found = {}
+    for entry in pickle.loads(c10d._dump_fr_trace(True, False, True)).get("entries", []):
+        name = str(entry["process_group"][0])
+        if entered.get(name) == entry["collective_seq_id"] and not entry.get("is_p2p"):
+            found[name] = (_op(entry["profiling_name"]), entry["time_created_ns"] / 1e9)
+    members = _group_members(dist)
+    groups = []
+    for name, state in sorted(status.items()):
+        op, created = found.get(name, ("", None))
+        groups.append({
+            "group": name,
+            "ranks": members.get(name, []),
+            "entered": max(state["last_enqueued_collective"], 0),
+            "completed": max(state["last_completed_collective"], 0),
+            "op": op,
+            # A wall-clock time: the agent, on the same machine, measures the wait from it.
+            "entered_at": created,
+        })
+    return status, {"groups": groups, "positions_known": True}
+
+
+def _op(profiling_name: str) -> str:
+    """``gloo:all_reduce`` and ``nccl:all_reduce`` are both ``all_reduce``."""
+    return profiling_name.split(":", 1)[-1]
+
+
+def _group_members(dist: Any) -> Dict[str, List[int]]:
+    """Each process group's global ranks, by name; {} where torch keeps them elsewhere."""
+    try:
+        world = dist.distributed_c10d._world
+        return {
+            str(name): sorted(int(rank) for rank in world.pg_group_ranks[group])
+            for group, name in world.pg_names.items()
+        }
+    except Exception:
+        return {}
+
+
+def _library_dirs() -> List[str]:
+    """Where Python's and the installed packages' files are: frames there are not the user's."""
+    paths = sysconfig.get_paths()
+    found = {paths.get(name, "") for name in ("stdlib", "platstdlib", "purelib", "platlib")}
+    found.update(path for path in sys.path if path.endswith(("site-packages", "dist-packages")))
+    found.add(os.path.dirname(os.path.abspath(__file__)))
+    return sorted(path for path in found if path)

@@ -1,0 +1,410 @@
+"""The agent's side of hang diagnosis: notice a long wait, gather every rank on node 0, report.
+
+Nothing crosses the network while no rank waits long. Each node reads its
+own workers' progress files (``probe``) once per second. When one of its
+ranks has waited in a collective for ``hang_timeout``, it tells node 0
+(``hang/suspected``); node 0 asks every node (``hang/gather``), each answers
+with its ranks' positions and stacks (``hang/state/<n>/<node>``), node 0
+diagnoses them (``diagnosis.diagnose``) and publishes the report
+(``hang/report``), which every node logs and keeps in ``report.json`` in its
+hang directory, where the card and the launcher read it. While the report
+says hung, node 0 gathers again every ``recheck`` seconds, so the report
+stays current and says when the wait is over; with ``hang_fail_after`` it
+fails the job once the hang has lasted that long.
+
+Each node waits on its own key (``hang/wake/<i>``) over a connection of its
+own, as the watcher's change thread does; keys are named in ``rendezvous.keys``.
+"""
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Any, Callable, Dict, List, Optional
+
+from torch.distributed import DistError, DistStoreError, Store
+
+from ..errors import StoreUnreachableError
+from ..failure import Failure, FailureKind
+from ..keys import JobKeys
+from ..settings import RendezvousSettings
+from ..store import BoundedConnection, connect_store
+from ..topology import Topology
+from . import probe
+from .diagnosis import (
+    STACK_FRAMES,
+    GroupPosition,
+    HangReport,
+    RankSnapshot,
+    diagnose,
+    snapshot_from_dict,
+)
+from .stacks import thread_stacks, user_frame
+
+logger = logging.getLogger(__name__)
+
+REPORT_FILE = "report.json"
+# The directory of the workers' sitecustomize, which starts the probe.
+SITE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site")
+# How long node 0 waits for every node's answer, and a node for its ranks' stacks.
+_ANSWER_TIMEOUT = 10.0
+_STACKS_TIMEOUT = 2.0
+# At most this much of a rank's dump of every thread travels to node 0.
+_THREADS_CHARS = 8000
+# How often a report is renewed while the hang lasts, at most.
+_RECHECK_MAX = 60.0
+_LISTEN_WAIT = timedelta(hours=1)
+
+
+class HangWatch:
+    """Hang diagnosis on one node: two daemon threads and the node's hang directory.
+
+    - The detect thread reads this node's progress files every second; when a
+      rank has waited in a collective for ``hang_timeout``, it asks node 0 for
+      a diagnosis, at most once per ``recheck``. On node 0 it also asks again
+      every ``recheck`` while the last report says hung.
+    - The listen thread waits on this node's wake key. Woken, it answers a
+      gather with this node's snapshot, and logs and keeps a new report. On
+      node 0 it also runs the gathers and publishes their reports.
+
+    A failing store ends both threads quietly: the watcher fails the job for it.
+
+    Args:
+        keys, settings, topology: the job's keys, settings and this node's place.
+        host, port: node 0's store.
+        publish_failure: records a failure of the job (the watcher's), for ``hang_fail_after``.
+        directory: where the workers write their progress, and the report is kept;
+            a temporary directory (removed at ``stop``) when None.
+    """
+
+    def __init__(
+        self,
+        keys: JobKeys,
+        settings: RendezvousSettings,
+        topology: Topology,
+        host: str,
+        port: int,
+        publish_failure: Callable[[Failure], None],
+        directory: Optional[str] = None,
+    ):
+        self._keys = keys
+        self._settings = settings
+        self._topology = topology
+        self._host = host
+        self._port = port
+        self._publish_failure = publish_failure
+        self._owns_directory = directory is None
+        self.directory = directory or tempfile.mkdtemp(prefix="metaflow-rdzv-hangs-")
+        os.makedirs(self.directory, exist_ok=True)
+        limits = [settings.hang_timeout, _RECHECK_MAX]
+        if settings.hang_fail_after:
+            limits.append(settings.hang_fail_after)
+        self.recheck = max(1.0, min(limits))
+        self._report: Optional[HangReport] = None
+        self._hung_since: Optional[float] = None
+        self._failed = False
+        self._last_gather = -float("inf")
+        self._stop_event = threading.Event()
+        self._calls: Optional[BoundedConnection] = None
+        self._threads = [
+            threading.Thread(target=self._detect, name="metaflow-rdzv-hang-detect", daemon=True),
+            threading.Thread(target=self._listen, name="metaflow-rdzv-hang-listen", daemon=True),
+        ]
+
+    def worker_environment(self, environment: Dict[str, str]) -> Dict[str, str]:
+        """What the workers need in ``environment`` to start the probe (``PYTHONPATH`` first)."""
+        path = environment.get("PYTHONPATH", "")
+        return {
+            probe.DIRECTORY_VAR: self.directory,
+            probe.AGENT_PID_VAR: str(os.getpid()),
+            "PYTHONPATH": SITE_DIR + (os.pathsep + path if path else ""),
+        }
+
+    def start(self) -> None:
+        """Connect, create node 0's counters, start both threads.
+
+        Raises:
+            StoreUnreachableError: node 0's store cannot be reached.
+        """
+        timeout = self._settings.heartbeat_timeout
+        self._calls = BoundedConnection(
+            connect_store(self._host, self._port, timeout), f"{self._host}:{self._port}", timeout
+        )
+        if self._topology.is_control:
+            keys = self._keys
+            self._calls.call(lambda store: [
+                store.add(key, 0) for key in (keys.hang_suspected, keys.hang_gather, keys.hang_reported)
+            ])
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """End both threads (bounded) and remove a temporary directory."""
+        self._stop_event.set()
+        wake_key = self._keys.hang_wake(self._topology.node_index)
+        try:
+            if self._calls is not None:
+                self._calls.call(lambda store: store.set(wake_key, "1"))
+        except StoreUnreachableError:
+            pass  # the listen thread's wait fails by itself once node 0 is gone
+        for thread in self._threads:
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(1.0)
+        if self._owns_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def last_report(self) -> Optional[HangReport]:
+        """The newest report this node received, None before the first."""
+        return self._report
+
+    # Detecting (every node)
+
+    def _detect(self) -> None:
+        last_asked = -float("inf")
+        while not self._stop_event.wait(probe.INTERVAL):
+            now = time.monotonic()
+            waiting_long = any(
+                waited >= self._settings.hang_timeout for waited in _waits(self._records())
+            )
+            renew = (self._topology.is_control and self._report is not None
+                     and self._report.hung and now - self._last_gather >= self.recheck)
+            if (waiting_long and now - last_asked >= self.recheck) or renew:
+                last_asked = now
+                try:
+                    self._ask_node_0()
+                except StoreUnreachableError:
+                    return
+
+    def _ask_node_0(self) -> None:
+        keys = self._keys
+        self._calls.call(lambda store: (store.add(keys.hang_suspected, 1),
+                                        store.set(keys.hang_wake(0), "1")))
+
+    def _records(self) -> List[Dict[str, Any]]:
+        """The progress records of this node's live workers (children of this agent)."""
+        records = []
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return records
+        for name in names:
+            if name.startswith("rank-") and name.endswith(".json"):
+                record = probe.read_progress(os.path.join(self.directory, name))
+                if record is not None and _is_my_worker(record.get("pid")):
+                    records.append(record)
+        return sorted(records, key=lambda record: record.get("rank", 0))
+
+    # Listening (every node); gathering (node 0)
+
+    def _listen(self) -> None:
+        keys = self._keys
+        wake_key = keys.hang_wake(self._topology.node_index)
+        counters = [keys.hang_suspected, keys.hang_gather, keys.hang_reported]
+        seen = {"suspected": 0, "gather": 0, "reported": 0}
+        try:
+            store = connect_store(self._host, self._port, self._settings.heartbeat_timeout)
+            while not self._stop_event.is_set():
+                try:
+                    store.wait([wake_key], _LISTEN_WAIT)
+                except DistStoreError as error:
+                    if "timeout" in str(error):
+                        continue
+                    raise
+                if self._stop_event.is_set():
+                    return
+                store.delete_key(wake_key)
+                suspected, gather, reported = (int(raw) for raw in store.multi_get(counters))
+                if self._topology.is_control:
+                    if suspected > seen["suspected"]:
+                        seen["suspected"] = suspected
+                        if time.monotonic() - self._last_gather >= self.recheck - 1.0:
+                            self._gather(store)
+                elif gather > seen["gather"]:
+                    seen["gather"] = gather
+                    self._answer(store, gather)
+                if reported > seen["reported"]:
+                    seen["reported"] = reported
+                    self._receive(HangReport.from_dict(json.loads(store.get(keys.hang_report))))
+        except (DistError, RuntimeError, StoreUnreachableError, ValueError) as error:
+            if not self._stop_event.is_set():
+                logger.debug("metaflow rendezvous: hang watch ended: %s", error)
+
+    def _answer(self, store: Store, gather: int) -> None:
+        answer = json.dumps([asdict(snapshot) for snapshot in self._snapshot()])
+        store.set(self._keys.hang_state(gather, self._topology.node_index), answer)
+
+    def _gather(self, store: Store) -> None:
+        """Node 0: ask every node, diagnose what came back, publish the report."""
+        keys = self._keys
+        self._last_gather = time.monotonic()
+        num_nodes = self._topology.num_nodes
+        gather = store.add(keys.hang_gather, 1)
+        others = list(range(1, num_nodes))
+        if others:
+            store.multi_set([keys.hang_wake(node) for node in others], ["1"] * len(others))
+        snapshots = self._snapshot()
+        answers = [keys.hang_state(gather, node) for node in others]
+        deadline = time.monotonic() + _ANSWER_TIMEOUT
+        silent = []
+        for node, key in zip(others, answers):
+            remaining = max(0.01, deadline - time.monotonic())
+            if not self._calls.wait([key], time.monotonic() + remaining):
+                silent.append(node)
+                continue
+            snapshots.extend(snapshot_from_dict(item) for item in json.loads(store.get(key)))
+        now = time.time()
+        world = max([int(record.get("world_size", 0)) for record in self._records()] + [0])
+        report = diagnose(
+            snapshots, self._settings.hang_timeout, world=range(world), silent_nodes=silent,
+            hung_for=0.0 if self._hung_since is None else now - self._hung_since, time=now,
+        )
+        self._hung_since = (self._hung_since or now) if report.hung else None
+        store.set(keys.hang_report, json.dumps(report.to_dict()))
+        store.add(keys.hang_reported, 1)
+        store.multi_set([keys.hang_wake(node) for node in range(num_nodes)], ["1"] * num_nodes)
+        self._fail_if_hung_too_long(report)
+
+    def _fail_if_hung_too_long(self, report: HangReport) -> None:
+        fail_after = self._settings.hang_fail_after
+        if self._failed or not fail_after or not report.hung or report.hung_for < fail_after:
+            return
+        self._failed = True
+        culprit = report.culprits[0] if report.culprits else None
+        self._publish_failure(Failure(
+            kind=FailureKind.HUNG,
+            message=f"{report.summary} (hung for {report.hung_for:.0f} s; hang_fail_after="
+                    f"{fail_after:g})",
+            node_index=None if culprit is None else culprit.node,
+            rank=None if culprit is None else culprit.rank,
+            local_rank=None if culprit is None else culprit.local_rank,
+            traceback_tail="\n".join(report.details()[1:]),
+            hang=report.without_threads(),
+        ))
+
+    # This node's ranks
+
+    def _snapshot(self) -> List[RankSnapshot]:
+        """This node's ranks now: positions from their progress files, stacks by signal."""
+        records = self._records()
+        signalled = []
+        for record in records:
+            path = probe.stacks_path(self.directory, int(record["rank"]))
+            number = record.get("stack_signal")
+            try:
+                os.truncate(path, 0)
+                if number:
+                    os.kill(int(record["pid"]), int(number))
+                    signalled.append(path)
+            except OSError:
+                continue
+        _wait_for_dumps(signalled)
+        now = time.time()
+        snapshots = []
+        for record in records:
+            try:
+                with open(probe.stacks_path(self.directory, int(record["rank"]))) as stacks_file:
+                    threads = stacks_file.read()
+            except OSError:
+                threads = ""
+            main = thread_stacks(threads).get(int(record.get("main_thread") or 0), ())
+            snapshots.append(RankSnapshot(
+                node=self._topology.node_index,
+                rank=int(record["rank"]),
+                local_rank=int(record.get("local_rank", 0)),
+                groups=tuple(_group_position(group, now) for group in record.get("groups", ())),
+                positions_known=bool(record.get("positions_known", True)),
+                where=user_frame(main, record.get("library_dirs", ())),
+                stack=main[:STACK_FRAMES],
+                threads=threads[-_THREADS_CHARS:],
+            ))
+        return snapshots
+
+    # Reports (every node)
+
+    def _receive(self, report: HangReport) -> None:
+        """Keep ``report`` for the card and the launcher, and log it."""
+        previous = self._report
+        self._report = report
+        path = os.path.join(self.directory, REPORT_FILE)
+        temporary = path + ".tmp"
+        try:
+            with open(temporary, "w") as report_file:
+                json.dump(report.to_dict(), report_file)
+            os.replace(temporary, path)
+        except OSError:
+            pass
+        # Each node says it: the nodes' logs are apart on a cluster, interleaved in a local run.
+        prefix = f"metaflow rendezvous (node {self._topology.node_index}): "
+        if report.hung and previous is not None and previous.shape == report.shape:
+            _say(f"{prefix}still hung: {report.summary}")
+        elif report.hung:
+            lines = report.details()
+            _say(f"{prefix}hang: {lines[0]}")
+            for line in lines[1:]:
+                _say(f"{prefix}  {line}")
+            _say(f"{prefix}  every rank's stacks: {path}")
+        elif previous is not None and previous.hung:
+            _say(f"{prefix}the hang is over: {report.summary}")
+
+
+def _waits(records: List[Dict[str, Any]]) -> List[float]:
+    """How long each rank of ``records`` has waited in each collective it is in, in seconds."""
+    now = time.time()
+    return [
+        now - group["entered_at"] for record in records for group in record.get("groups", ())
+        if group.get("entered", 0) > group.get("completed", 0) and group.get("entered_at")
+    ]
+
+
+def _group_position(group: Dict[str, Any], now: float) -> GroupPosition:
+    waiting = group.get("entered", 0) > group.get("completed", 0) and group.get("entered_at")
+    return GroupPosition(
+        group=str(group["group"]), ranks=tuple(group.get("ranks", ())),
+        entered=int(group.get("entered", 0)), completed=int(group.get("completed", 0)),
+        op=str(group.get("op", "")), waited=now - group["entered_at"] if waiting else 0.0,
+    )
+
+
+def _is_my_worker(pid: object) -> bool:
+    """Whether ``pid`` is a live child of this agent: only those may get the stack signal."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, TypeError, IndexError):
+        return False
+    return fields[0] != "Z" and int(fields[1]) == os.getpid()
+
+
+def _wait_for_dumps(paths: List[str]) -> None:
+    """Until each file has stopped growing for a moment after it got something, or the timeout."""
+    deadline = time.monotonic() + _STACKS_TIMEOUT
+    sizes: Dict[str, int] = {}
+    while paths and time.monotonic() < deadline:
+        time.sleep(0.05)
+        settled = True
+        for path in paths:
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                size = 0
+            if size == 0 or sizes.get(path) != size:
+                settled = False
+            sizes[path] = size
+        if settled:
+            return
+
+
+def _say(line: str) -> None:
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
+__all__ = ["HangWatch", "REPORT_FILE", "SITE_DIR"]

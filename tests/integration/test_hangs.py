@@ -1,0 +1,97 @@
+"""A hung job names its culprit (rendezvous/hangs): real 2x2 flows (tests/flows/hangs.py), each
+scenario of tests/flows/workers/hang.py one current.torch.run call, its culprit rank chosen
+at random; and no false alarm for a long compute phase or for ranks that are late in turn."""
+
+import json
+import random
+import re
+
+import pytest
+
+from tests.harness.flow_runs import FLOWS
+
+# Hang protection only: a flow that hangs fails here instead of blocking the suite.
+pytestmark = pytest.mark.timeout(400)
+
+WORKER = (FLOWS / "workers" / "hang.py").read_text().splitlines()
+
+
+def _line_of(text: str) -> int:
+    """The line of the worker that holds ``text``, which must be on one line only."""
+    found = [number for number, line in enumerate(WORKER, 1) if text in line]
+    assert len(found) == 1, (text, found)
+    return found[0]
+
+
+# Where each scenario's culprit is: file:line in function, as the diagnosis names it.
+WHERE = {
+    "sleep": f"hang.py:{_line_of('# SLEEP_LINE')} in prepare",
+    "lock": f"hang.py:{_line_of('with lock:')} in prepare",
+    "regex": f"hang.py:{_line_of('re.match(')} in prepare",
+    "loader": f"hang.py:{_line_of('next(iter(loader))')} in prepare",
+    "skip": f"hang.py:{_line_of('# BARRIER_LINE')} in <module>",
+}
+
+
+def _outcomes(run) -> dict:
+    """(node, scenario): the SCENARIO record the flow printed."""
+    outcomes = {}
+    for line in run.task_lines("train"):
+        if line.startswith("SCENARIO "):
+            record = json.loads(line[len("SCENARIO "):])
+            outcomes[(record["node"], record["scenario"])] = record
+    return outcomes
+
+
+def test_a_hung_job_names_its_culprit_on_every_node(flows):
+    """hang_timeout=5, hang_fail_after=4: each job is failed for its hang; every node's
+    TorchrunFailed names the culprit (node, global and local rank, file:line) and what the
+    others waited in, and every node logged the diagnosis while the job hung."""
+    culprits = {scenario: random.randrange(4) for scenario in WHERE}
+    scenarios = [{"scenario": name, "culprit": rank, "hold": 120} for name, rank in culprits.items()]
+    run = flows.run("hangs.py", "--scenarios", json.dumps(scenarios), timeout=360)
+    assert run.returncode == 0, run.output[-6000:]
+    outcomes = _outcomes(run)
+    for name, rank in culprits.items():
+        for node in (0, 1):
+            outcome = outcomes[(node, name)]
+            assert outcome["kind"] == "hung", (name, rank, outcome)
+            assert outcome["hang"]["verdict"] == "culprits", (name, rank, outcome)
+            assert outcome["hang"]["culprits"] == [[rank // 2, rank, rank % 2, WHERE[name]]], (
+                name, rank, outcome)
+            op = "all_reduce"  # each scenario's culprit holds up the all_reduce before the barrier
+            assert outcome["hang"]["waits"] == [[op, 4, sorted(set(range(4)) - {rank})]], (
+                name, rank, outcome)
+    # Both nodes logged the diagnosis while the job hung.
+    logged = re.findall(r"metaflow rendezvous \(node (\d)\): hang: ranks? [\d, -]+ ha(?:s|ve) waited",
+                        run.output)
+    assert sorted(set(logged)) == ["0", "1"], run.output[-6000:]
+    assert flows.live_processes() == []
+
+
+def test_a_reported_hang_is_carried_by_the_failure_the_collective_timeout_makes(flows):
+    """By default a hang is only reported; when gloo's own timeout then fails the job,
+    TorchrunFailed is that failure and carries the last diagnosis, naming the culprit."""
+    rank = random.randrange(4)
+    scenarios = [{"scenario": "sleep", "culprit": rank, "hold": 120, "collective-timeout": 15,
+                  "rdzv_conf": "hang_fail_after=0"}]
+    run = flows.run("hangs.py", "--scenarios", json.dumps(scenarios), timeout=300)
+    assert run.returncode == 0, run.output[-6000:]
+    for node in (0, 1):
+        outcome = _outcomes(run)[(node, "sleep")]
+        assert outcome["kind"] != "hung" and outcome["rank"] != rank, outcome
+        assert outcome["hang"]["culprits"] == [[rank // 2, rank, rank % 2, WHERE["sleep"]]], outcome
+
+
+def test_no_false_alarm_for_a_long_compute_phase_or_ranks_late_in_turn(flows):
+    """A phase of 15 s without collectives (3 x hang_timeout), and ranks each 3 s late in turn
+    (under hang_timeout), are never reported hung."""
+    scenarios = [{"scenario": "compute", "hold": 15}, {"scenario": "uneven", "hold": 3, "rounds": 4}]
+    run = flows.run("hangs.py", "--scenarios", json.dumps(scenarios), timeout=300)
+    assert run.returncode == 0, run.output[-6000:]
+    outcomes = _outcomes(run)
+    for node in (0, 1):
+        assert outcomes[(node, "compute")]["kind"] == "ok", outcomes
+        assert outcomes[(node, "uneven")]["kind"] == "ok", outcomes
+    assert ": hang:" not in run.output
+    assert flows.live_processes() == []
