@@ -9,11 +9,14 @@ data loader's worker or any other Python the script starts is left alone:
   thread's Python stack goes to ``rank-<R>.stacks`` in ``DIRECTORY_VAR``'s
   directory (the agent empties the file first);
 - it starts a daemon thread that, once the script initialized
-  ``torch.distributed``, reads the worker's flight recorder once per second
+  ``torch.distributed``, reads the worker's flight recorders once per second
   (``torch._C._distributed_c10d._dump_fr_trace``, which records gloo's
-  collectives too) and, when its position changed, writes ``rank-<R>.json``:
+  collectives too, and ``_dump_nccl_trace`` where there is one) and, when its
+  position changed, writes ``rank-<R>.json``:
   per process group, the last collective entered and completed, its op and
-  when it was entered. The thread never imports torch itself and never raises.
+  when it was entered; and when it entered a sample of its recent collectives
+  (``arrivals``), from which the card finds stragglers. The thread never
+  imports torch itself and never raises.
 
 This file is loaded by path in the worker and imported by the agent for the
 file names and the record's layout: standard library only, nothing of ours.
@@ -39,6 +42,16 @@ STACK_SIGNAL: Optional[int] = (
 )
 # How often the thread reads the flight recorder: also the resolution of a wait's start.
 INTERVAL = 1.0
+# torch's flight recorders: the generic one (gloo's collectives, and NCCL's on some
+# releases) and, on CUDA builds, ProcessGroupNCCL's own. A release with neither leaves the
+# positions unknown, and the agent says that hang diagnosis is off.
+_RECORDERS = ("_dump_fr_trace", "_dump_nccl_trace")
+# How many of its collectives' arrival times per INTERVAL a rank reports, at most.
+ARRIVALS_PER_INTERVAL = 32
+
+
+# The hang directory also holds the backend's newest hang report (``watch``), for the card.
+REPORT_FILE = "report.json"
 
 
 def progress_path(directory: str, rank: int) -> str:
@@ -121,22 +134,31 @@ class _Probe:
 
 
 def _position(last_status: Dict[str, Any], last: Dict[str, Any]) -> "tuple[Dict, Dict]":
-    """This worker's position in each process group, as its flight recorder has it, and the
-    recorder's status it comes from (``last`` again while the status is ``last_status``)."""
+    """This worker's position in each process group, as its flight recorders have it, and the
+    recorders' status it comes from (``last`` again while the status is ``last_status``)."""
     dist = sys.modules.get("torch.distributed")
     if dist is None or not dist.is_available() or not dist.is_initialized():
         return {}, {"groups": [], "positions_known": True}
     c10d = sys.modules["torch"]._C._distributed_c10d
-    if not hasattr(c10d, "_dump_fr_trace"):
+    recorders = [getattr(c10d, name) for name in _RECORDERS if hasattr(c10d, name)]
+    if not recorders:
         return {}, {"groups": [], "positions_known": False}
-    status = pickle.loads(c10d._dump_fr_trace(False, False, True))["pg_status"]
+    status: Dict[str, Any] = {}
+    for dump in recorders:
+        for name, state in pickle.loads(dump(False, False, True)).get("pg_status", {}).items():
+            known = status.get(name)
+            if known is None or state["last_enqueued_collective"] > known["last_enqueued_collective"]:
+                status[name] = state
     if status == last_status:
         return status, last
     entered = {name: state["last_enqueued_collective"] for name, state in status.items()}
     found = {}
-    for entry in pickle.loads(c10d._dump_fr_trace(True, False, True)).get("entries", []):
+    entries = [entry for dump in recorders
+               for entry in pickle.loads(dump(True, False, True)).get("entries", [])
+               if not entry.get("is_p2p")]
+    for entry in entries:
         name = str(entry["process_group"][0])
-        if entered.get(name) == entry["collective_seq_id"] and not entry.get("is_p2p"):
+        if entered.get(name) == entry["collective_seq_id"]:
             found[name] = (_op(entry["profiling_name"]), entry["time_created_ns"] / 1e9)
     members = _group_members(dist)
     groups = []
@@ -151,7 +173,29 @@ def _position(last_status: Dict[str, Any], last: Dict[str, Any]) -> "tuple[Dict,
             # A wall-clock time: the agent, on the same machine, measures the wait from it.
             "entered_at": created,
         })
-    return status, {"groups": groups, "positions_known": True}
+    return status, {"groups": groups, "positions_known": True, "arrivals": _arrivals(entries)}
+
+
+def _arrivals(entries: List[Dict[str, Any]]) -> List[List[Any]]:
+    """When this rank entered a sample of its recent collectives: ``[group, seq, time, round]``
+    (``round``: the job's restart round, whose collectives are numbered from 1 again).
+
+    The card compares them across ranks (who arrives last, and how late). Every
+    rank samples the same collectives: those whose number is a multiple of a power
+    of two, the smallest that keeps ``ARRIVALS_PER_INTERVAL`` a second; ranks whose
+    rates differ pick powers that are multiples of each other.
+    """
+    since = time.time() - 2 * INTERVAL
+    recent = [entry for entry in entries if entry["time_created_ns"] / 1e9 >= since]
+    stride = 1
+    while len(recent) / stride > 2 * ARRIVALS_PER_INTERVAL:
+        stride *= 2
+    restart_round = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    return [
+        [str(entry["process_group"][0]), entry["collective_seq_id"],
+         round(entry["time_created_ns"] / 1e9, 6), restart_round]
+        for entry in recent if entry["collective_seq_id"] % stride == 0
+    ][-2 * ARRIVALS_PER_INTERVAL:]
 
 
 def _op(profiling_name: str) -> str:

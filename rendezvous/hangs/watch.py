@@ -49,7 +49,6 @@ from .stacks import thread_stacks, user_frame
 
 logger = logging.getLogger(__name__)
 
-REPORT_FILE = "report.json"
 # The directory of the workers' sitecustomize, which starts the probe.
 SITE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site")
 # How long node 0 waits for every node's answer, and a node for its ranks' stacks.
@@ -167,10 +166,17 @@ class HangWatch:
 
     def _detect(self) -> None:
         last_asked = -float("inf")
+        warned = False
         while not self._stop_event.wait(probe.INTERVAL):
             now = time.monotonic()
+            records = self._records()
+            if not warned and any(not record.get("positions_known", True) for record in records):
+                warned = True
+                _say(f"metaflow rendezvous (node {self._topology.node_index}): hang diagnosis "
+                     f"is off: this torch has no flight recorder to read the ranks' positions "
+                     f"from (see docs/hangs.md)")
             waiting_long = any(
-                waited >= self._settings.hang_timeout for waited in _waits(self._records())
+                waited >= self._settings.hang_timeout for waited in _waits(records)
             )
             renew = (self._topology.is_control and self._report is not None
                      and self._report.hung and now - self._last_gather >= self.recheck)
@@ -331,7 +337,7 @@ class HangWatch:
         """Keep ``report`` for the card and the launcher, and log it."""
         previous = self._report
         self._report = report
-        path = os.path.join(self.directory, REPORT_FILE)
+        path = os.path.join(self.directory, probe.REPORT_FILE)
         temporary = path + ".tmp"
         try:
             with open(temporary, "w") as report_file:
@@ -407,4 +413,4 @@ def _say(line: str) -> None:
         pass
 
 
-__all__ = ["HangWatch", "REPORT_FILE", "SITE_DIR"]
+__all__ = ["HangWatch", "SITE_DIR"]

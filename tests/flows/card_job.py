@@ -12,9 +12,11 @@ CARD_TYPE = os.environ.get("TORCHRUN_TEST_CARD_TYPE", "default")
 
 
 class CardJobFlow(FlowSpec):
+    script = Parameter("script", default="workers/card_ranks.py")
     script_args = Parameter("script_args", default="{}",
-                            help="JSON: entrypoint_args of workers/card_ranks.py, or a list "
+                            help="JSON: entrypoint_args of the script, or a list "
                                  "of them for one call each")
+    torchrun_args = Parameter("torchrun_args", default="{}", help="JSON: torchrun_args")
 
     @step
     def start(self):
@@ -27,8 +29,8 @@ class CardJobFlow(FlowSpec):
         print(f"CARD TASK node={current.parallel.node_index} pathspec={current.pathspec}")
         calls = json.loads(self.script_args)
         for args in calls if isinstance(calls, list) else [calls]:
-            current.torch.run(entrypoint="workers/card_ranks.py", entrypoint_args=args,
-                              nproc_per_node=2)
+            current.torch.run(entrypoint=self.script, entrypoint_args=args, nproc_per_node=2,
+                              torchrun_args=json.loads(self.torchrun_args))
         self.next(self.join)
 
     @step

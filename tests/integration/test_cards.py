@@ -4,6 +4,7 @@ success, and with the root cause on a failed task's card. The card's pure parts:
 tests/unit/test_card_*.py."""
 
 import json
+import random
 import re
 import subprocess
 import time
@@ -127,3 +128,36 @@ def test_failed_task_keeps_a_card_naming_the_failing_rank_and_its_error(flows):
     assert row(3, 1, 1, FAILED) + " 1 |" in node1, node1
     # The failing node's card has the end of the traceback, from its error file.
     assert 'raise ValueError(f"bad batch on rank {rank}")' in node1
+
+
+def test_card_shows_a_hang_live_with_its_culprit_then_the_stragglers(flows):
+    """Call 1: a rank sleeps before an all_reduce for longer than hang_timeout (report only):
+    while the job hangs, node 0's card names the culprit, its file:line and stack; once it
+    moves on, the card says the wait is over. Call 2: a rank is late at every all_reduce: the
+    card flags it as persistently last."""
+    culprit, straggler = random.randrange(4), random.randrange(4)
+    calls = [{"scenario": "sleep", "culprit": culprit, "hold": 25},
+             {"scenario": "straggler", "culprit": straggler, "hold": 0.3, "rounds": 30}]
+    running = RunningFlow(flows.start(
+        "card_job.py", "--script", "workers/hang.py", "--script_args", json.dumps(calls),
+        "--torchrun_args", json.dumps({"rdzv_conf": "hang_timeout=5"}), env=card_env(flows),
+    ))
+    deadline = time.monotonic() + CARD_DEADLINE_SECONDS
+    while 0 not in task_pathspecs(running.output()):
+        assert running.process.poll() is None and time.monotonic() < deadline, running.output()
+        time.sleep(0.1)
+    paths = task_pathspecs(running.output())
+    culprit_row = f"| {culprit} | {culprit // 2} | {culprit % 2} | hang.py:"
+    [live] = card_texts(flows, paths[0], want=["**Job hung**", culprit_row],
+                        timeout=CARD_DEADLINE_SECONDS)
+    assert "**Job hung**" in live and culprit_row in live, live
+    assert f"in prepare | not in a collective (last completed: all_reduce #3) |" in live, live
+    assert f"**rank {culprit}**, main thread (most recent call first):" in live, live
+    run = running.finish(timeout=180)
+    assert run.returncode == 0, run.output[-4000:]
+    [final] = card_texts(flows, task_pathspecs(run.output)[0])
+    # The culprit moved on: a report after that says so, or the job ended first.
+    assert ("no rank waits any more" in final
+            or "then moved on and succeeded" in final), final
+    assert re.search(rf"\| {straggler} \| \d+ of \d+ \| [0-9.]+ s \| \*\*persistently last\*\* \|",
+                     final), final

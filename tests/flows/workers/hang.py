@@ -9,7 +9,8 @@ Hanging scenarios (the others wait in the barrier that ends each one, at BARRIER
   others enter that all_reduce.
 Healthy scenarios (never a hang): compute: every rank computes with no collective for
 --hold seconds, then all_reduces; uneven: the ranks take turns being late at each all_reduce,
-each time by --hold seconds.
+each time by --hold seconds; straggler: --culprit is --hold seconds late at each of --rounds
+all_reduces.
 """
 import argparse
 import datetime
@@ -70,6 +71,11 @@ print(f"warmed up rank={rank}", flush=True)
 if args.scenario == "compute":
     time.sleep(args.hold)  # no collective for a long time: not a hang
     dist.all_reduce(tensor)
+elif args.scenario == "straggler":
+    for _ in range(args.rounds):
+        if rank == args.culprit:
+            time.sleep(args.hold)
+        dist.all_reduce(tensor)
 elif args.scenario == "uneven":
     for turn in range(args.rounds):
         if turn % dist.get_world_size() == rank:

@@ -4,7 +4,8 @@ With Metaflow's ``@card`` on the step (the ``default`` or ``blank`` type, or
 any card that takes components: the step's default editable card), each call
 appends its own section to the card: the job's layout and settings, a row per
 rank (state, exit code or signal, wall time, last line), the root cause once
-it failed, a timeline of rounds, restarts and each rank's life, and each
+it failed, the hang report while the job is hung (``rendezvous.hangs``), the
+ranks that made the others wait at collectives (``card.collectives``), a timeline of rounds, restarts and each rank's life, and each
 rank's last lines (``card.render`` draws them from ``card.state``). Node 0's
 section shows every node's ranks; the other nodes' show their own.
 
@@ -87,15 +88,19 @@ class JobCard:
         topology: "Topology",
         settings: "StepSettings",
         entrypoint_args: "ArgsSpec",
+        hang_dir: str = "",
     ) -> Optional["JobCard"]:
-        """The section for this call, or None when the step has no card that takes components."""
+        """The section for this call, or None when the step has no card that takes components.
+
+        ``hang_dir`` is where the backend keeps its hang report and the ranks' progress.
+        """
         card, card_uuid, refresh_seconds = editable_card()
         if card is None:
             return None
         layout = CallLayout(
             call=call, node_index=topology.node_index, num_nodes=topology.num_nodes,
             nproc_per_node=plan.nproc_per_node, nproc=whole_number(plan.nproc_per_node),
-            rdzv_id=plan.rdzv_id, log_dir=plan.log_dir,
+            rdzv_id=plan.rdzv_id, log_dir=plan.log_dir, hang_dir=hang_dir,
         )
         state = JobState(layout, _settings_in_effect(plan, settings, entrypoint_args),
                          plan.rdzv_endpoint)

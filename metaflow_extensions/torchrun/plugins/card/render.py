@@ -6,8 +6,12 @@ Vega-Lite chart), which ``card.live`` puts into Metaflow's card components;
 """
 
 import re
-from typing import Any, Dict, List, NamedTuple, Tuple
+import time
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
+from rendezvous.hangs.diagnosis import HangReport, Verdict
+
+from .collectives import Straggler
 from .state import (
     DONE,
     FAILED,
@@ -45,6 +49,8 @@ class Sections(NamedTuple):
     summary: str
     rank_table: str
     root_cause: str
+    hang: str
+    stragglers: str
     timeline: Dict[str, Any]
     last_lines: str
 
@@ -56,6 +62,9 @@ def render(snapshot: Snapshot, now: float) -> Sections:
         summary=_summary(snapshot, now),
         rank_table=_rank_table(snapshot, now),
         root_cause=_root_cause(snapshot),
+        hang=_hang(snapshot.collectives.hang, moved_on=snapshot.ended is not None
+                   and snapshot.failure is None),
+        stragglers=_stragglers(snapshot.collectives.stragglers),
         timeline=_timeline(snapshot, now),
         last_lines=_last_lines(snapshot),
     )
@@ -63,8 +72,10 @@ def render(snapshot: Snapshot, now: float) -> Sections:
 
 def render_key(snapshot: Snapshot) -> Tuple[Any, ...]:
     """What a re-render of the card depends on: a change of it is a change of state."""
+    hang = snapshot.collectives.hang
     return (snapshot.store_endpoint, snapshot.failure is not None,
-            tuple((rank.rank, rank.state, rank.restarts) for rank in snapshot.ranks))
+            tuple((rank.rank, rank.state, rank.restarts) for rank in snapshot.ranks),
+            None if hang is None else hang.shape)
 
 
 def shorten(text: str, limit: int = 160) -> str:
@@ -164,6 +175,55 @@ def _root_cause(snapshot: Snapshot) -> str:
         text += "\n\nEnd of its traceback:\n\n" + _fenced(tail.rstrip().splitlines())
     text += f"\n\nThis node's per-rank logs: `{_cell(snapshot.layout.log_dir)}`"
     return text
+
+
+def _hang(report: Optional[HangReport], moved_on: bool) -> str:
+    """The newest hang report: who waits where, for whom, and each culprit's stack.
+
+    ``moved_on``: the job succeeded since (before a newer report could say the wait was over).
+    """
+    if report is None:
+        return ""
+    at = time.strftime("%H:%M:%S", time.localtime(report.time))
+    if not report.hung or moved_on:
+        return (f"### Hang\n\nThe job was reported hung; as of {at} no rank waits any more."
+                if not report.hung else
+                f"### Hang\n\nThe job was reported hung as of {at}, then moved on and "
+                f"succeeded:\n\n> {_inline(report.summary)}")
+    hung_for = f", hung for {report.hung_for:.0f} s" if report.hung_for else ""
+    kind = "transport hang" if report.verdict == Verdict.TRANSPORT else "hung"
+    text = f"### Hang\n\n**Job {kind}** (as of {at}{hung_for}):\n\n> {_inline(report.summary)}"
+    if report.culprits:
+        rows = ["| culprit rank | node | local rank | where | position |",
+                "| ---: | ---: | ---: | --- | --- |"]
+        for culprit in report.culprits:
+            rows.append(
+                f"| {culprit.rank} | {'?' if culprit.node is None else culprit.node} "
+                f"| {'?' if culprit.local_rank is None else culprit.local_rank} "
+                f"| {_cell(culprit.where.where if culprit.where else '-')} "
+                f"| {_cell(culprit.position)} |"
+            )
+        text += "\n\n" + "\n".join(rows)
+        for culprit in report.culprits:
+            if culprit.stack:
+                text += (f"\n\n**rank {culprit.rank}**, main thread (most recent call first):\n\n"
+                         + _fenced([f"{frame.file}:{frame.line} in {frame.function}"
+                                    for frame in culprit.stack]))
+    return text
+
+
+def _stragglers(rows: Tuple[Straggler, ...]) -> str:
+    """How long the others waited for each rank at collectives, over the last minutes."""
+    if not rows:
+        return ""
+    lines = ["| rank | last to arrive | others waited for it | |", "| ---: | ---: | ---: | --- |"]
+    for row in rows:
+        flag = "**persistently last**" if row.persistent else ""
+        lines.append(f"| {row.rank} | {row.last} of {row.collectives} | {row.held_up:.2f} s "
+                     f"| {flag} |")
+    return ("### Stragglers\n\nOver the last minutes of sampled collectives: how often each rank "
+            "entered a collective last, and how long the others waited for it there.\n\n"
+            + "\n".join(lines))
 
 
 def _timeline(snapshot: Snapshot, now: float) -> Dict[str, Any]:

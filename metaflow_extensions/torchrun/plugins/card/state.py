@@ -25,6 +25,7 @@ from typing import Any, Deque, Dict, List, NamedTuple, Optional, Set, Tuple
 from rendezvous.failure import Failure
 
 from ..worker.files import attempt_dirs, attempt_number, first_error
+from .collectives import Collectives, CollectivesSnapshot
 
 STARTING = "starting"
 RUNNING = "running"
@@ -153,6 +154,7 @@ class CallLayout:
     nproc: Optional[int]
     rdzv_id: str
     log_dir: str
+    hang_dir: str = ""
 
 
 def exit_text(failure: Failure) -> str:
@@ -180,6 +182,7 @@ class Snapshot:
     rounds: Tuple[Tuple[float, int], ...]
     failure: Optional[Failure]
     version: int
+    collectives: CollectivesSnapshot = CollectivesSnapshot()
 
 
 class JobState:
@@ -213,6 +216,7 @@ class JobState:
         self._rounds: List[Tuple[float, int]] = []
         self._failed_attempts: Set[int] = set()  # attempts whose error file was read
         self._failure: Optional[Failure] = None
+        self._collectives = Collectives(layout.hang_dir, node_index)
         self._version = 0
         # Changes of a rank's state (not only of its lines), which the other
         # nodes' payloads carry at once.
@@ -294,6 +298,10 @@ class JobState:
             if changed:
                 self._version += 1
                 self._state_version += 1
+        changed, hang_changed = self._collectives.scan()
+        with self._lock:
+            self._version += changed
+            self._state_version += hang_changed
 
     def finish(self, failure: Optional[Failure]) -> None:
         """The agent ended, and with it every rank this state knows.
@@ -336,6 +344,7 @@ class JobState:
             return Payload({
                 "node": self._node,
                 "ranks": [s.to_payload() for s in self._ranks.values() if s.node == self._node],
+                "arrivals": self._collectives.payload(),
             }, state_changed)
 
     def payload_lost(self) -> None:
@@ -356,6 +365,7 @@ class JobState:
                     continue  # this node's final word (after the job ended) wins
                 self._ranks[incoming.rank] = incoming
             self._version += 1
+        self._collectives.merge(payload.get("arrivals"))
 
     def snapshot(self) -> Snapshot:
         with self._lock:
@@ -369,6 +379,7 @@ class JobState:
                 store_endpoint=self._store_endpoint, started=self._started, ended=self._ended,
                 ranks=ranks, rounds=tuple(self._rounds), failure=self._failure,
                 version=self._version,
+                collectives=self._collectives.snapshot(s.rank for s in ranks),
             )
 
     def _local_rank_state(self, local: int) -> RankState:

@@ -225,7 +225,8 @@ class TorchrunLauncher:
                 entry=entry,
                 program_args=program_args,
             )
-            card = JobCard.for_call(self._calls, plan, topology, self._settings, entrypoint_args)
+            card = JobCard.for_call(self._calls, plan, topology, self._settings, entrypoint_args,
+                                    hang_dir=_hang_dir(scratch))
             result = self._launch(plan, topology, os.path.join(scratch, "outcome.json"), card)
             return replace(result, return_values=_return_values(returned_dir, plan))
 
@@ -257,8 +258,7 @@ class TorchrunLauncher:
                 **topology.environment(),
                 OUTCOME_FILE_VAR: outcome_path,
                 STOP_REASON_FILE_VAR: stop_reason_path,
-                # Where the workers' hang probes and the backend's hang reports go.
-                HANG_DIRECTORY_VAR: os.path.join(os.path.dirname(outcome_path), "hangs"),
+                HANG_DIRECTORY_VAR: _hang_dir(os.path.dirname(outcome_path)),
             },
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -317,6 +317,12 @@ class TorchrunLauncher:
             restarts=max(0, len(attempt_dirs(plan.log_dir, plan.rdzv_id)) - 1),
             log_dir=plan.log_dir,
         )
+
+
+def _hang_dir(scratch: str) -> str:
+    """Where the workers' hang probes write and the backend keeps its hang report, which
+    the card reads (``rendezvous.hangs``)."""
+    return os.path.join(scratch, "hangs")
 
 
 def _return_values(results_dir: str, plan: LaunchPlan) -> Dict[int, Any]:
