@@ -210,10 +210,13 @@ class HangReport:
                     f"{culprit.name}, which is {_at(culprit.where, 'at ', ', ')}{culprit.position}"
                     for culprit in culprits
                 ))
-            else:
-                parts.append(head + ": every member is in it, so no rank is behind; a transport "
-                             "hang (a cut link, a stuck network card or driver)")
-        return "; ".join(parts)
+            elif self.verdict == Verdict.TRANSPORT:
+                parts.append(head)
+        text = "; ".join(parts)
+        if self.verdict == Verdict.TRANSPORT:
+            text += (": every rank is inside a collective and none is missing from one, so no "
+                     "rank is behind: a transport hang (a cut link, a stuck network card or driver)")
+        return text
 
     def details(self) -> List[str]:
         """The summary, then each culprit's main-thread stack, for a log."""
@@ -373,13 +376,17 @@ def _members(snapshots: List[RankSnapshot], name: str) -> List[int]:
 
 
 def _culprit(snapshot: Optional[RankSnapshot], rank: int, wait: Wait) -> Optional[Culprit]:
-    """``rank`` as a culprit of ``wait``, or None when it is in ``wait`` or past it."""
+    """``rank`` as a culprit of ``wait``, or None when it is in ``wait``, past it, or stuck in
+    an earlier collective of the same group (which the others completed: the transport's
+    fault, or a culprit of that collective's own)."""
     if snapshot is None:
         return Culprit(node=None, rank=rank, local_rank=None, wait=wait,
                        position="did not answer: its node is unreachable or its probe never started")
     group = snapshot.group(wait.group)
     if not snapshot.positions_known:
         position = snapshot.position
+    elif group is not None and group.waiting and group.entered < wait.seq:
+        return None
     elif group is None or group.entered < wait.seq:
         position = snapshot.position
     elif group.entered == wait.seq and group.op != wait.op:

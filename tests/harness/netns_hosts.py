@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import List, Optional
 
 SUBNET_PREFIX = "198.18.0."
+# The second network of hosts made with a data network (eth1), as clusters keep their
+# training traffic apart from the control traffic.
+DATA_SUBNET_PREFIX = "198.19.0."
 
 
 def unavailable_reason() -> Optional[str]:
@@ -42,16 +45,23 @@ def _ip(*args: str) -> None:
 
 
 class TestHosts:
-    """``count`` hosts named ``<tag>h<i>`` with addresses 198.18.0.<i+1>; a context manager."""
+    """``count`` hosts named ``<tag>h<i>`` with addresses 198.18.0.<i+1>; a context manager.
+
+    With ``data_network``, each host also has ``eth1`` on a second switch, with
+    address 198.19.0.<i+1> (``data_addresses``).
+    """
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, count: int):
+    def __init__(self, count: int, data_network: bool = False):
         self.tag = f"mf{uuid.uuid4().hex[:5]}"
         self.count = count
         self.switch = f"{self.tag}sw"
         self.names = [f"{self.tag}h{i}" for i in range(count)]
         self.addresses = [f"{SUBNET_PREFIX}{i + 1}" for i in range(count)]
+        self.data_addresses = (
+            [f"{DATA_SUBNET_PREFIX}{i + 1}" for i in range(count)] if data_network else []
+        )
 
     def __enter__(self) -> "TestHosts":
         try:
@@ -72,16 +82,20 @@ class TestHosts:
             files.mkdir(parents=True, exist_ok=True)
             (files / "resolv.conf").write_text("nameserver 127.0.0.1\n")
             (files / "hosts").write_text(debian_hosts_file(socket.gethostname()))
-        _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
-        _ip("-n", self.switch, "link", "set", "br0", "up")
-        for index, (namespace, address) in enumerate(zip(self.names, self.addresses)):
-            port = f"p{index}"
-            _ip("-n", self.switch, "link", "add", port, "type", "veth", "peer", "name", "eth0",
-                "netns", namespace)
-            _ip("-n", self.switch, "link", "set", port, "master", "br0")
-            _ip("-n", self.switch, "link", "set", port, "up")
-            _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0")
-            _ip("-n", namespace, "link", "set", "eth0", "up")
+        networks = [("br0", "p", "eth0", self.addresses)]
+        if self.data_addresses:
+            networks.append(("br1", "d", "eth1", self.data_addresses))
+        for bridge, port_prefix, interface, addresses in networks:
+            _ip("-n", self.switch, "link", "add", bridge, "type", "bridge")
+            _ip("-n", self.switch, "link", "set", bridge, "up")
+            for index, (namespace, address) in enumerate(zip(self.names, addresses)):
+                port = f"{port_prefix}{index}"
+                _ip("-n", self.switch, "link", "add", port, "type", "veth", "peer", "name",
+                    interface, "netns", namespace)
+                _ip("-n", self.switch, "link", "set", port, "master", bridge)
+                _ip("-n", self.switch, "link", "set", port, "up")
+                _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", interface)
+                _ip("-n", namespace, "link", "set", interface, "up")
 
     def _remove(self) -> None:
         for namespace in [self.switch, *self.names]:
@@ -103,6 +117,11 @@ class TestHosts:
         they just never hear back, as across a failed switch.
         """
         _ip("-n", self.switch, "link", "set", f"p{index}", "nomaster")
+
+    def partition_data(self, index: int) -> None:
+        """Like ``partition``, on the data network only: the host still reaches the others
+        over the first one."""
+        _ip("-n", self.switch, "link", "set", f"d{index}", "nomaster")
 
 
 def debian_hosts_file(hostname: str) -> str:

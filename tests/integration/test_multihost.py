@@ -6,6 +6,8 @@ reaches node 0 by itself.
 """
 
 import os
+import random
+from pathlib import Path
 
 import pytest
 
@@ -73,4 +75,50 @@ def test_host_lost(hosts, tmp_path, fault, lost, the_others_say, the_lost_host_s
             for message in the_others_say:
                 assert message in job.output(node), job.output(node)
         assert the_lost_host_says in job.output(lost), job.output(lost)
+        assert job.live_processes() == []
+
+
+HANG_WORKER = str(Path(__file__).resolve().parents[1] / "flows" / "workers" / "hang.py")
+# Hang diagnosis within seconds, and the job failed for it soon after.
+HANG_CONF = {**FAST, "hang_timeout": 5, "hang_fail_after": 3}
+
+
+def test_a_rank_sleeping_on_one_host_is_named_by_every_host(hosts, tmp_path):
+    culprit = random.randrange(6)
+    with job_on_hosts(hosts, tmp_path, HANG_WORKER, launcher="module", nproc_per_node=2,
+                      rdzv_conf=HANG_CONF,
+                      script_args=["--scenario", "sleep", "--culprit", str(culprit)]) as job:
+        job.start()
+        codes = job.wait(timeout=120)
+        assert all(code != 0 for code in codes.values()), codes
+        for node in range(3):
+            output = job.output(node)
+            assert (f"metaflow rendezvous (node {node}): hang: ranks" in output
+                    and f"for rank {culprit} (node {culprit // 2}, local rank {culprit % 2}), "
+                        f"which is at hang.py:" in output), output[-3000:]
+            assert f"metaflow rendezvous: the job hung: " in output, output[-3000:]
+        assert job.live_processes() == []
+
+
+def test_a_data_link_cut_under_every_rank_is_a_transport_hang_blaming_no_rank(tmp_path):
+    """The training traffic has a network of its own (GLOO_SOCKET_IFNAME=eth1); one host is
+    cut off from it while every rank all_reduces. Its heartbeats go on over the other network,
+    so no node is lost: every rank waits inside a collective, which the diagnosis says."""
+    lost = random.randrange(3)
+    with TestHosts(3, data_network=True) as hosts, job_on_hosts(
+            hosts, tmp_path, HANG_WORKER, launcher="module", nproc_per_node=2,
+            rdzv_conf=HANG_CONF, env={"GLOO_SOCKET_IFNAME": "eth1"},
+            script_args=["--scenario", "loop", "--hold", "600"]) as job:
+        job.start()
+        wait_for_output(job, [0, 1, 2], "warmed up rank=")
+        hosts.partition_data(lost)
+        codes = job.wait(timeout=120)
+        assert all(code != 0 for code in codes.values()), codes
+        for node in range(3):
+            output = job.output(node)
+            assert "a transport hang (a cut link, a stuck network card or driver)" in output, (
+                output[-3000:])
+            assert "metaflow rendezvous: the job hung: " in output, output[-3000:]
+            assert "which is at" not in output and "stopped sending heartbeats" not in output, (
+                output[-3000:])
         assert job.live_processes() == []

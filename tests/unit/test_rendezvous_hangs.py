@@ -48,7 +48,19 @@ def test_ranks_waiting_long_name_the_rank_that_never_entered():
 def test_every_member_in_the_same_collective_is_a_transport_hang_blaming_no_rank():
     report = diagnose([rank(r, 7, 6, waited=400) for r in range(4)], TIMEOUT)
     assert report.verdict == Verdict.TRANSPORT and report.culprits == ()
-    assert "every member is in it, so no rank is behind; a transport hang" in report.summary
+    assert report.summary == (
+        "ranks 0-3 have waited 400 s in all_reduce #7: every rank is inside a collective and "
+        "none is missing from one, so no rank is behind: a transport hang (a cut link, a stuck "
+        "network card or driver)")
+
+
+def test_ranks_stuck_one_collective_behind_the_others_are_a_transport_hang_too():
+    """A link cut mid-collective: some ranks completed #7 and wait in #8, the others are still
+    in #7, which nobody is missing from."""
+    report = diagnose([rank(0, 8, 7, waited=400), rank(1, 8, 7, waited=400),
+                       rank(2, 7, 6, waited=401), rank(3, 7, 6, waited=401)], TIMEOUT)
+    assert report.verdict == Verdict.TRANSPORT and report.culprits == ()
+    assert [(w.seq, w.ranks) for w in report.waits] == [(7, (2, 3)), (8, (0, 1))]
 
 
 def test_short_waits_and_phases_without_collectives_are_no_hang():

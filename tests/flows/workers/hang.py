@@ -10,7 +10,7 @@ Hanging scenarios (the others wait in the barrier that ends each one, at BARRIER
 Healthy scenarios (never a hang): compute: every rank computes with no collective for
 --hold seconds, then all_reduces; uneven: the ranks take turns being late at each all_reduce,
 each time by --hold seconds; straggler: --culprit is --hold seconds late at each of --rounds
-all_reduces.
+all_reduces. loop: every rank all_reduces for --hold seconds (a test cuts a link meanwhile).
 """
 import argparse
 import datetime
@@ -71,6 +71,10 @@ print(f"warmed up rank={rank}", flush=True)
 if args.scenario == "compute":
     time.sleep(args.hold)  # no collective for a long time: not a hang
     dist.all_reduce(tensor)
+elif args.scenario == "loop":
+    end = time.monotonic() + args.hold
+    while time.monotonic() < end:
+        dist.all_reduce(tensor)
 elif args.scenario == "straggler":
     for _ in range(args.rounds):
         if rank == args.culprit:
