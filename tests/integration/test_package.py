@@ -12,7 +12,8 @@ from tests.harness.flow_runs import REPO
 
 pytestmark = pytest.mark.timeout(300)
 
-BACKEND_FILES = sorted(path.name for path in (REPO / "rendezvous").glob("*.py"))
+BACKEND_FILES = sorted(path.relative_to(REPO / "rendezvous").as_posix()
+                       for path in (REPO / "rendezvous").rglob("*.py"))
 EXTENSION_ROOT = REPO / "metaflow_extensions" / "torchrun"
 EXTENSION_FILES = sorted(
     path.relative_to(EXTENSION_ROOT).as_posix() for path in EXTENSION_ROOT.rglob("*.py")
@@ -66,6 +67,8 @@ def test_installed_package_registers_the_decorator(tmp_path):
     assert install.returncode == 0, install.stderr[-3000:]
     for name in EXTENSION_FILES:
         assert (target / "metaflow_extensions" / "torchrun" / name).is_file()
+    for name in BACKEND_FILES:  # the workers' sitecustomize of hang diagnosis among them
+        assert (target / "rendezvous" / name).is_file(), name
     assert not (target / "metaflow_extensions" / "__init__.py").exists()
     probe = subprocess.run(
         [sys.executable, "-c",

@@ -168,9 +168,13 @@ class TorchrunDecorator(ParallelDecorator):
         import rendezvous
 
         root = os.path.dirname(os.path.abspath(rendezvous.__file__))
-        for name in sorted(os.listdir(root)):
-            if name.endswith(".py"):
-                yield os.path.join(root, name), f"rendezvous/{name}", ContentType.CODE_CONTENT
+        for folder, subfolders, names in os.walk(root):
+            subfolders[:] = sorted(name for name in subfolders if name != "__pycache__")
+            for name in sorted(names):
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    packaged = os.path.relpath(path, os.path.dirname(root)).replace(os.sep, "/")
+                    yield path, packaged, ContentType.CODE_CONTENT
 
 
 def _current_torch_outside_torchrun(_: object):

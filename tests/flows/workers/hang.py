@@ -11,6 +11,8 @@ Healthy scenarios (never a hang): compute: every rank computes with no collectiv
 --hold seconds, then all_reduces; uneven: the ranks take turns being late at each all_reduce,
 each time by --hold seconds; straggler: --culprit is --hold seconds late at each of --rounds
 all_reduces. loop: every rank all_reduces for --hold seconds (a test cuts a link meanwhile).
+steps: every rank times --rounds all_reduces and prints the mean (a benchmark's step time).
+The culprit prints ``holding rank=R at=T`` (wall clock) as it starts to hold the others up.
 """
 import argparse
 import datetime
@@ -75,6 +77,12 @@ elif args.scenario == "loop":
     end = time.monotonic() + args.hold
     while time.monotonic() < end:
         dist.all_reduce(tensor)
+elif args.scenario == "steps":
+    started = time.perf_counter()
+    for _ in range(args.rounds):
+        dist.all_reduce(tensor)
+    mean_us = (time.perf_counter() - started) / args.rounds * 1e6
+    print(f"steps rank={rank} rounds={args.rounds} mean_us={mean_us:.1f}", flush=True)
 elif args.scenario == "straggler":
     for _ in range(args.rounds):
         if rank == args.culprit:
@@ -87,6 +95,7 @@ elif args.scenario == "uneven":
         dist.all_reduce(tensor)
 else:
     if rank == args.culprit:
+        print(f"holding rank={rank} at={time.time():.3f}", flush=True)
         prepare(args.scenario)
     if not (args.scenario == "skip" and rank == args.culprit):
         dist.all_reduce(tensor)
