@@ -5,11 +5,13 @@
 (from the repository root: it runs a copy of ``tests/flows/card_job.py`` with the test
 suite's ``tests/harness``). Needs ``chromium`` on PATH (Debian: ``apt-get install -y chromium``).
 
-Two runs of the flow, 2 nodes x 2 processes whose ranks print a few training-like lines:
-one that succeeds (Metaflow's ``default`` card) and one where global rank 3 raises
-(``blank`` card). For each, node 0's card is fetched with Metaflow's own client
-(``metaflow.cards.get_cards``), saved as HTML, and rendered by headless Chromium into
-``card-success.png`` and ``card-failure.png``. Chromium runs with a time limit and is
+Three runs of the flow, 2 nodes x 2 processes: ranks that print a few training-like lines
+and succeed (Metaflow's ``default`` card); the same where global rank 3 raises (``blank``
+card); and a hung job, where rank 1 sleeps before an all_reduce until ``hang_fail_after``
+fails the job (``tests/flows/workers/hang.py``, ``blank`` card). For each, node 0's card is
+fetched with Metaflow's own client (``metaflow.cards.get_cards``), saved as HTML, and
+rendered by headless Chromium into ``card-success.png``, ``card-failure.png`` and
+``card-hang.png``. Chromium runs with a time limit and is
 never left running.
 """
 
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 from tests.harness.flow_runs import FLOWS, FlowRunner
 
@@ -37,19 +40,22 @@ open(sys.argv[2], "w").write(cards[0].get())
 _CHROMIUM_SECONDS = 60
 
 
-def screenshot(card_type: str, script_args: dict, out: Path, width: int, height: int) -> None:
+def screenshot(card_type: str, script_args: dict, out: Path, width: int, height: int,
+               worker: str = "card_ranks.py", torchrun_args: Optional[dict] = None) -> None:
     with tempfile.TemporaryDirectory(prefix="card-screenshot-") as root:
         runner = FlowRunner(Path(root))
         # A copy of the flow and its worker, so that the card names no path of this checkout.
         flow = Path(root) / "flow" / "card_job.py"
         (flow.parent / "workers").mkdir(parents=True)
         shutil.copy(FLOWS / "card_job.py", flow)
-        shutil.copy(FLOWS / "workers" / "card_ranks.py", flow.parent / "workers")
+        shutil.copy(FLOWS / "workers" / worker, flow.parent / "workers")
         # Cards and the run's datastore in one place, as in the tests
         # (tests/integration/test_cards.py).
         env = {"METAFLOW_DATASTORE_SYSROOT_LOCAL": root, "TORCHRUN_TEST_CARD_TYPE": card_type}
         try:
-            run = runner.run(str(flow), "--script_args", json.dumps(script_args), env=env)
+            run = runner.run(str(flow), "--script", f"workers/{worker}",
+                             "--script_args", json.dumps(script_args),
+                             "--torchrun_args", json.dumps(torchrun_args or {}), env=env)
         finally:
             runner.kill_all()
         found = re.search(r"CARD TASK node=0 pathspec=(\S+)", run.output)
@@ -88,6 +94,9 @@ def main() -> None:
     # The other ranks wait for a file that never comes, until the failure stops them.
     screenshot("blank", {"steps": 10, "fail-rank": 3, "release-file": "never-released"},
                out / "card-failure.png", args.width, args.height)
+    screenshot("blank", {"scenario": "sleep", "culprit": 1, "hold": 300},
+               out / "card-hang.png", args.width, args.height, worker="hang.py",
+               torchrun_args={"rdzv_conf": "hang_timeout=10,hang_fail_after=10"})
 
 
 if __name__ == "__main__":

@@ -82,6 +82,11 @@ CHECKS = (
     Check("card", "the card live while the ranks run, then every rank done",
           _pytest("tests/integration/test_cards.py::"
                   "test_card_is_live_while_ranks_run_then_shows_every_rank_done")),
+    Check("hang named", "a 2 x 2 flow in which one rank holds the others up (asleep, on a lock, "
+          "in a regex holding the GIL, waiting for a data loader, skipping a collective): "
+          "the culprit named on every node from the ranks' flight recorders",
+          _pytest("tests/integration/test_hangs.py::"
+                  "test_a_hung_job_names_its_culprit_on_every_node")),
     Check("clean exit", f"a 2 x 2 script that never calls destroy_process_group(), "
           f"{CLEAN_EXIT_RUNS} runs, every one ending with code 0",
           ["-m", "bench.torch_releases", "--clean-exit", str(CLEAN_EXIT_RUNS)]),
@@ -158,15 +163,16 @@ class ReleaseRun:
         return Outcome(passed, time.monotonic() - started, output)
 
 
-def run_release(release: str, workdir: Optional[str]) -> Dict[str, Outcome]:
-    """Install ``release`` and run every check on it; outcomes by column name."""
+def run_release(release: str, workdir: Optional[str],
+                checks: Sequence[Check] = CHECKS) -> Dict[str, Outcome]:
+    """Install ``release`` and run ``checks`` on it; outcomes by column name."""
     outcomes: Dict[str, Outcome] = {}
     with ReleaseRun(release, workdir) as run:
         outcomes["install"] = install = run.install()
         _report(release, "install", install)
         if not install.passed:
             return outcomes
-        for check in CHECKS:
+        for check in checks:
             outcomes[check.name] = outcome = run.check(check)
             _report(release, check.name, outcome)
     return outcomes
@@ -209,6 +215,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("releases", nargs="*", metavar="RELEASE", help="torch versions, e.g. 2.6.0")
     parser.add_argument("--workdir", help="where each release's directory is made (default: temp)")
+    parser.add_argument("--checks", help="the checks to run, by name, comma-separated "
+                        "(default: all)")
     parser.add_argument("--clean-exit", type=int, metavar="RUNS",
                         help="run the clean-exit check here, RUNS times, and nothing else")
     args = parser.parse_args()
@@ -216,7 +224,12 @@ def main() -> None:
         sys.exit(clean_exit(args.clean_exit))
     if not args.releases:
         parser.error("name at least one torch release")
-    results = {release: run_release(release, args.workdir) for release in args.releases}
+    names = {check.name for check in CHECKS}
+    wanted = names if args.checks is None else set(args.checks.split(","))
+    if wanted - names:
+        parser.error(f"unknown checks {sorted(wanted - names)}; known: {sorted(names)}")
+    checks = [check for check in CHECKS if check.name in wanted]
+    results = {release: run_release(release, args.workdir, checks) for release in args.releases}
     print()
     print(table(results))
     failed = any(not outcome.passed
