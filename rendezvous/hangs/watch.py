@@ -174,7 +174,7 @@ class HangWatch:
                 warned = True
                 _say(f"metaflow rendezvous (node {self._topology.node_index}): hang diagnosis "
                      f"is off: this torch has no flight recorder to read the ranks' positions "
-                     f"from (see docs/hangs.md)")
+                     f"from; a newer torch has one (set hang_timeout=0 to silence this)")
             waiting_long = any(
                 waited >= self._settings.hang_timeout for waited in _waits(records)
             )
@@ -264,6 +264,7 @@ class HangWatch:
                 silent.append(node)
                 continue
             snapshots.extend(snapshot_from_dict(item) for item in json.loads(store.get(key)))
+            store.delete_key(key)  # a long hang is gathered again and again
         now = time.time()
         world = max([int(record.get("world_size", 0)) for record in self._records()] + [0])
         report = diagnose(
@@ -271,7 +272,9 @@ class HangWatch:
             hung_for=0.0 if self._hung_since is None else now - self._hung_since, time=now,
         )
         self._hung_since = (self._hung_since or now) if report.hung else None
-        store.set(keys.hang_report, json.dumps(report.to_dict()))
+        # Every thread of every rank stays here; the other nodes get the rest.
+        self._keep(report)
+        store.set(keys.hang_report, json.dumps(report.without_threads().to_dict()))
         store.add(keys.hang_reported, 1)
         store.multi_set([keys.hang_wake(node) for node in range(num_nodes)], ["1"] * num_nodes)
         self._fail_if_hung_too_long(report)
@@ -333,10 +336,8 @@ class HangWatch:
 
     # Reports (every node)
 
-    def _receive(self, report: HangReport) -> None:
-        """Keep ``report`` for the card and the launcher, and log it."""
-        previous = self._report
-        self._report = report
+    def _keep(self, report: HangReport) -> None:
+        """Write ``report`` to this node's ``report.json``, for the card."""
         path = os.path.join(self.directory, probe.REPORT_FILE)
         temporary = path + ".tmp"
         try:
@@ -345,6 +346,13 @@ class HangWatch:
             os.replace(temporary, path)
         except OSError:
             pass
+
+    def _receive(self, report: HangReport) -> None:
+        """Keep ``report`` for the card and the launcher (node 0 kept its own, whole), and log it."""
+        previous = self._report
+        self._report = report
+        if not self._topology.is_control:
+            self._keep(report)
         # Each node says it: the nodes' logs are apart on a cluster, interleaved in a local run.
         prefix = f"metaflow rendezvous (node {self._topology.node_index}): "
         if report.hung and previous is not None and previous.shape == report.shape:
@@ -354,7 +362,9 @@ class HangWatch:
             _say(f"{prefix}hang: {lines[0]}")
             for line in lines[1:]:
                 _say(f"{prefix}  {line}")
-            _say(f"{prefix}  every rank's stacks: {path}")
+            if self._topology.is_control:
+                path = os.path.join(self.directory, probe.REPORT_FILE)
+                _say(f"{prefix}  every thread's stack of every rank: {path}")
         elif previous is not None and previous.hung:
             _say(f"{prefix}the hang is over: {report.summary}")
 
@@ -378,10 +388,22 @@ def _group_position(group: Dict[str, Any], now: float) -> GroupPosition:
 
 
 def _is_my_worker(pid: object) -> bool:
-    """Whether ``pid`` is a live child of this agent: only those may get the stack signal."""
+    """Whether ``pid`` is a live child of this agent: only those may get the stack signal.
+
+    Without ``/proc`` (macOS), whether it is alive: its probe started only as this
+    agent's child, and such a system has no stack signal (``probe.STACK_SIGNAL``).
+    """
     try:
         with open(f"/proc/{int(pid)}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return False  # a process that is gone
+        try:
+            os.kill(int(pid), 0)
+        except (OSError, ValueError, TypeError):
+            return False
+        return True
     except (OSError, ValueError, TypeError, IndexError):
         return False
     return fields[0] != "Z" and int(fields[1]) == os.getpid()

@@ -18,7 +18,7 @@ class HangsFlow(FlowSpec):
     def start(self):
         self.next(self.train, num_parallel=2)
 
-    @torchrun(nproc_per_node=2, hang_timeout=5, hang_fail_after=4)
+    @torchrun(nproc_per_node=2, hang_timeout=3, hang_fail_after=2)
     @step
     def train(self):
         node = current.parallel.node_index

@@ -136,11 +136,11 @@ def test_card_shows_a_hang_live_with_its_culprit_then_the_stragglers(flows):
     moves on, the card says the wait is over. Call 2: a rank is late at every all_reduce: the
     card flags it as persistently last."""
     culprit, straggler = random.randrange(4), random.randrange(4)
-    calls = [{"scenario": "sleep", "culprit": culprit, "hold": 25},
+    calls = [{"scenario": "sleep", "culprit": culprit, "hold": 20},
              {"scenario": "straggler", "culprit": straggler, "hold": 0.3, "rounds": 30}]
     running = RunningFlow(flows.start(
         "card_job.py", "--script", "workers/hang.py", "--script_args", json.dumps(calls),
-        "--torchrun_args", json.dumps({"rdzv_conf": "hang_timeout=5"}), env=card_env(flows),
+        "--torchrun_args", json.dumps({"rdzv_conf": "hang_timeout=3"}), env=card_env(flows),
     ))
     deadline = time.monotonic() + CARD_DEADLINE_SECONDS
     while 0 not in task_pathspecs(running.output()):
