@@ -12,8 +12,11 @@ Every job runs on two test hosts (network namespaces, root needed; see
    whether the name is right. torch's ``c10d`` and ``static`` backends name no
    one: the job waits in gloo's timeout, 1,800 s by default, then fails.
 2. **Step time**: 2 nodes x 1 rank, a loop of small all_reduces (4 floats) timed in
-   the worker, under ``static``, ``c10d``, ``metaflow`` with hang diagnosis off
-   (``hang_timeout=0``) and on (the default); medians of the runs, interleaved.
+   the worker (wall time, and the worker's CPU time, every thread's), under ``static``,
+   ``c10d``, ``metaflow`` with hang diagnosis off (``hang_timeout=0``) and on (the
+   default); medians of the runs, interleaved. And what one read of the probe costs
+   (``probe``): a process whose flight recorder holds 2,000 collectives reads its
+   position as the probe does once a second, and writes it as JSON.
 3. **Node 0's store traffic per node**: the training traffic on a network of its
    own (``GLOO_SOCKET_IFNAME=eth1``), so node 1's first interface carries only
    what it exchanges with node 0's store: bytes and packets per second while the
@@ -33,6 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from rendezvous.hangs import probe
 from tests.harness.netns_hosts import TestHosts, unavailable_reason
 from tests.harness.processes import MARKER_VAR, kill_processes, processes_with_marker
 from tests.harness.torchrun_nodes import TORCHRUN, Job, job_on_hosts, wait_for_output
@@ -130,15 +134,43 @@ class Agents:
         kill_processes(processes_with_marker(self.marker))
 
 
-def step_time(hosts: TestHosts, workdir: Path, backend: str, rounds: int) -> float:
-    """Mean microseconds per all_reduce of rank 0 in one job of ``backend``."""
+def step_time(hosts: TestHosts, workdir: Path, backend: str, rounds: int) -> Dict[str, float]:
+    """Mean wall and CPU microseconds per all_reduce of rank 0 in one job of ``backend``."""
     agents = Agents(hosts, workdir, backend, ["--scenario", "steps", "--rounds", str(rounds)])
     try:
         agents.wait()
         output = agents.output(0)
     finally:
         agents.close()
-    return float(output.split("mean_us=")[1].split()[0])
+    return {name: float(output.split(f"{name}=")[1].split()[0]) for name in ("mean_us", "cpu_us")}
+
+
+def probe_costs(reads: int) -> Dict[str, float]:
+    """What the probe costs a worker whose flight recorder holds 2,000 collectives (its
+    default), in seconds: a read of its position with the status changed since the last
+    (what a training loop meets every second: ``read``), and a read of the entries (once
+    per ``probe.ARRIVALS_EVERY``, and once per collective that stays in flight: ``entries``)."""
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    tensor = torch.ones(4)
+    for _ in range(2000):
+        dist.all_reduce(tensor)
+    recorder = probe._Recorder()
+    recorder.read()  # the first read takes the entries too
+    reads_taken, entries_taken = [], []
+    for _ in range(reads):
+        dist.all_reduce(tensor)
+        started = time.perf_counter()
+        json.dumps(recorder.read())
+        reads_taken.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        recorder._read_entries(
+            [torch._C._distributed_c10d._dump_fr_trace], {}, time.time())
+        entries_taken.append(time.perf_counter() - started)
+    dist.destroy_process_group()
+    return {"read": statistics.median(reads_taken), "entries": statistics.median(entries_taken)}
 
 
 def interface_counters(hosts: TestHosts, node: int) -> Dict[str, int]:
@@ -208,18 +240,25 @@ def culprit_table(hosts: TestHosts, workdir: Path, repeats: int) -> None:
 
 def step_table(hosts: TestHosts, workdir: Path, repeats: int, rounds: int) -> None:
     print(f"\n## Step time: {rounds} all_reduces of 4 floats, 2 nodes x 1 rank\n")
-    times: Dict[str, List[float]] = {backend: [] for backend in BACKENDS}
+    times: Dict[str, List[Dict[str, float]]] = {backend: [] for backend in BACKENDS}
     for _ in range(repeats):
         for backend in BACKENDS:  # interleaved: a slow moment hits every backend alike
             times[backend].append(step_time(hosts, workdir, backend, rounds))
-    static = statistics.median(times["static"])
-    off = statistics.median(times["metaflow, diagnosis off"])
-    print("| backend | µs per all_reduce (median) | vs static | vs diagnosis off | runs |")
-    print("| --- | ---: | ---: | ---: | --- |")
+
+    def median(backend: str, name: str) -> float:
+        return statistics.median(run[name] for run in times[backend])
+
+    print("| backend | wall µs per all_reduce | vs static | vs diagnosis off | CPU µs "
+          "per all_reduce | vs static | vs diagnosis off | wall µs of each run |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for backend in BACKENDS:
-        median = statistics.median(times[backend])
-        print(f"| {backend} | {median:.1f} | {median / static:.3f} | {median / off:.3f} "
-              f"| {', '.join(f'{value:.0f}' for value in times[backend])} |", flush=True)
+        cells = []
+        for name in ("mean_us", "cpu_us"):
+            value = median(backend, name)
+            cells.append(f"{value:.1f} | {value / median('static', name):.3f} "
+                         f"| {value / median('metaflow, diagnosis off', name):.3f}")
+        runs = ", ".join(f"{run['mean_us']:.0f}" for run in times[backend])
+        print(f"| {backend} | {' | '.join(cells)} | {runs} |", flush=True)
 
 
 def traffic_table(hosts: TestHosts, workdir: Path, seconds: float, hang_seconds: float) -> None:
@@ -244,8 +283,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3000, help="all_reduces per step-time run")
     parser.add_argument("--traffic-seconds", type=float, default=20)
     parser.add_argument("--hang-seconds", type=float, default=40)
-    parser.add_argument("--parts", default="culprit,steps,traffic",
-                        help="which measures, comma-separated (default: all three)")
+    parser.add_argument("--parts", default="culprit,steps,probe,traffic",
+                        help="which measures, comma-separated (default: all)")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     reason = unavailable_reason()
@@ -258,6 +297,13 @@ def main() -> int:
             culprit_table(hosts, workdir, args.repeats)
         if "steps" in parts:
             step_table(hosts, workdir, args.repeats, args.rounds)
+    if "probe" in parts:
+        costs = probe_costs(reads=50)
+        share = costs["read"] / probe.INTERVAL + costs["entries"] / probe.ARRIVALS_EVERY
+        print(f"\n## The probe, in a worker whose flight recorder holds 2,000 collectives\n\n"
+              f"A read of its position: {costs['read'] * 1e3:.3f} ms, every {probe.INTERVAL:g} s; "
+              f"of the recorder's entries: {costs['entries'] * 1e3:.1f} ms, every "
+              f"{probe.ARRIVALS_EVERY:g} s: {share:.3%} of one core per worker.", flush=True)
     if "traffic" in parts:
         with TestHosts(2, data_network=True) as hosts:
             traffic_table(hosts, workdir, args.traffic_seconds, args.hang_seconds)

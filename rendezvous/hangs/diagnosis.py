@@ -21,6 +21,9 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 DEFAULT_GROUP = "0"
 # How many frames of a culprit's stack its record carries.
 STACK_FRAMES = 12
+# A rank whose probe has not run for this long holds the GIL (a long C call): its
+# position is as of then, and it is not waiting in a collective (which releases the GIL).
+PROBE_SILENT_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class RankSnapshot:
         where: the innermost frame of the user's code on its main thread, if found.
         stack: its main thread's frames, most recent call first (at most ``STACK_FRAMES``).
         threads: every thread's stack as faulthandler wrote it ("" if none came).
+        probe_silent: seconds since its probe last ran (its file's time).
     """
 
     node: int
@@ -83,6 +87,12 @@ class RankSnapshot:
     where: Optional[Frame] = None
     stack: Tuple[Frame, ...] = ()
     threads: str = ""
+    probe_silent: float = 0.0
+
+    @property
+    def holds_gil(self) -> bool:
+        """Whether its probe stopped: a C call holds the GIL, and its position is stale."""
+        return self.probe_silent >= PROBE_SILENT_SECONDS
 
     def group(self, name: str) -> Optional[GroupPosition]:
         return next((group for group in self.groups if group.group == name), None)
@@ -92,6 +102,9 @@ class RankSnapshot:
         """Where it is in its collectives, in words: ``in barrier #3 for 612 s``."""
         if not self.positions_known:
             return "position unknown (no flight recorder on its torch)"
+        if self.holds_gil:
+            return (f"in a call that has held the GIL for {self.probe_silent:.0f} s (a long C "
+                    f"call, not a collective)")
         waiting = [group for group in self.groups if group.waiting]
         if waiting:
             return "; ".join(
@@ -290,6 +303,7 @@ def snapshot_from_dict(data: Dict[str, Any]) -> RankSnapshot:
         where=_frame(data.get("where")),
         stack=_frames(data.get("stack", ())),
         threads=str(data.get("threads", "")),
+        probe_silent=float(data.get("probe_silent", 0.0)),
     )
 
 
@@ -346,7 +360,7 @@ def _long_waits(snapshots: List[RankSnapshot], hang_timeout: float) -> List[Wait
     found: Dict[Tuple[str, int, str], List[Tuple[RankSnapshot, GroupPosition]]] = {}
     for snapshot in snapshots:
         for group in snapshot.groups:
-            if group.waiting and group.waited >= hang_timeout:
+            if group.waiting and group.waited >= hang_timeout and not snapshot.holds_gil:
                 found.setdefault((group.group, group.entered, group.op), []).append((snapshot, group))
     # Ranks in another op than the most ranks are in, under the same number, skipped a
     # collective (or called one the others did not): they are culprits, not a wait.
@@ -385,7 +399,7 @@ def _culprit(snapshot: Optional[RankSnapshot], rank: int, wait: Wait) -> Optiona
     group = snapshot.group(wait.group)
     if not snapshot.positions_known:
         position = snapshot.position
-    elif group is not None and group.waiting and group.entered < wait.seq:
+    elif group is not None and group.waiting and group.entered < wait.seq and not snapshot.holds_gil:
         return None
     elif group is None or group.entered < wait.seq:
         position = snapshot.position

@@ -11,8 +11,10 @@ data loader's worker or any other Python the script starts is left alone:
 - it starts a daemon thread that, once the script initialized
   ``torch.distributed``, reads the worker's flight recorders once per second
   (``torch._C._distributed_c10d._dump_fr_trace``, which records gloo's
-  collectives too, and ``_dump_nccl_trace`` where there is one) and, when its
-  position changed, writes ``rank-<R>.json``:
+  collectives too, and ``_dump_nccl_trace`` where there is one; see
+  ``_Recorder`` for what each read costs) and, when its position changed,
+  writes ``rank-<R>.json`` (else touches it, so that its time says the thread
+  still runs: it stops while a C call holds the GIL):
   per process group, the last collective entered and completed, its op and
   when it was entered; and when it entered a sample of its recent collectives
   (``arrivals``), from which the card finds stragglers. The thread never
@@ -46,8 +48,10 @@ INTERVAL = 1.0
 # releases) and, on CUDA builds, ProcessGroupNCCL's own. A release with neither leaves the
 # positions unknown, and the agent says that hang diagnosis is off.
 _RECORDERS = ("_dump_fr_trace", "_dump_nccl_trace")
-# How many of its collectives' arrival times per INTERVAL a rank reports, at most.
-ARRIVALS_PER_INTERVAL = 32
+# How often a rank reads when it entered its recent collectives (for the card's
+# stragglers), and how many of them it reports, at most.
+ARRIVALS_EVERY = 10.0
+ARRIVALS_SAMPLE = 64
 
 
 # The hang directory also holds the backend's newest hang report (``watch``), for the card.
@@ -113,14 +117,16 @@ class _Probe:
 
     def run(self) -> None:
         failures = 0
-        status: Dict[str, Any] = {}
+        recorder = _Recorder()
         self._write(self._last)
         while failures < 3:
             time.sleep(INTERVAL)
             try:
-                status, position = _position(status, self._last)
+                position = recorder.read()
                 if position != self._last:
                     self._write(position)
+                else:  # the file's time says the probe still runs (no C call holds the GIL)
+                    os.utime(self._path)
                 failures = 0
             except Exception:  # a torch whose recorder changed shape: keep quiet, try again
                 failures += 1
@@ -133,69 +139,104 @@ class _Probe:
         os.replace(temporary, self._path)
 
 
-def _position(last_status: Dict[str, Any], last: Dict[str, Any]) -> "tuple[Dict, Dict]":
-    """This worker's position in each process group, as its flight recorders have it, and the
-    recorders' status it comes from (``last`` again while the status is ``last_status``)."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is None or not dist.is_available() or not dist.is_initialized():
-        return {}, {"groups": [], "positions_known": True}
-    c10d = sys.modules["torch"]._C._distributed_c10d
-    recorders = [getattr(c10d, name) for name in _RECORDERS if hasattr(c10d, name)]
-    if not recorders:
-        return {}, {"groups": [], "positions_known": False}
-    status: Dict[str, Any] = {}
-    for dump in recorders:
-        for name, state in pickle.loads(dump(False, False, True)).get("pg_status", {}).items():
-            known = status.get(name)
-            if known is None or state["last_enqueued_collective"] > known["last_enqueued_collective"]:
-                status[name] = state
-    if status == last_status:
-        return status, last
-    entered = {name: state["last_enqueued_collective"] for name, state in status.items()}
-    found = {}
-    entries = [entry for dump in recorders
-               for entry in pickle.loads(dump(True, False, True)).get("entries", [])
-               if not entry.get("is_p2p")]
-    for entry in entries:
-        name = str(entry["process_group"][0])
-        if entered.get(name) == entry["collective_seq_id"]:
-            found[name] = (_op(entry["profiling_name"]), entry["time_created_ns"] / 1e9)
-    members = _group_members(dist)
-    groups = []
-    for name, state in sorted(status.items()):
-        op, created = found.get(name, ("", None))
-        groups.append({
-            "group": name,
-            "ranks": members.get(name, []),
-            "entered": max(state["last_enqueued_collective"], 0),
-            "completed": max(state["last_completed_collective"], 0),
-            "op": op,
-            # A wall-clock time: the agent, on the same machine, measures the wait from it.
-            "entered_at": created,
-        })
-    return status, {"groups": groups, "positions_known": True, "arrivals": _arrivals(entries)}
+class _Recorder:
+    """Reads this worker's position from its flight recorders, cheaply.
+
+    Each read asks the recorders for their status only (tens of microseconds): per
+    process group, the last collective entered and completed. Their entries (about
+    7 microseconds each, up to the recorder's 2,000) are read only for what the status
+    lacks: the op and start of a collective still in flight at a second read (a wait
+    worth naming), and every ``ARRIVALS_EVERY`` seconds the times of the collectives
+    entered since, for the card's stragglers.
+    """
+
+    def __init__(self) -> None:
+        self._status: Dict[str, Any] = {}
+        self._ops: Dict[str, "tuple[int, str, float]"] = {}  # group: (seq, op, entered at)
+        self._first_seen: Dict[str, "tuple[int, float]"] = {}  # group: (seq, first seen waiting)
+        self._arrivals: List[List[Any]] = []
+        self._arrivals_read = 0.0
+
+    def read(self) -> Dict[str, Any]:
+        """This worker's position in each process group, and its latest arrivals."""
+        dist = sys.modules.get("torch.distributed")
+        if dist is None or not dist.is_available() or not dist.is_initialized():
+            return {"groups": [], "positions_known": True}
+        c10d = sys.modules["torch"]._C._distributed_c10d
+        recorders = [getattr(c10d, name) for name in _RECORDERS if hasattr(c10d, name)]
+        if not recorders:
+            return {"groups": [], "positions_known": False}
+        status: Dict[str, Any] = {}
+        for dump in recorders:
+            for name, state in pickle.loads(dump(False, False, True)).get("pg_status", {}).items():
+                known = status.get(name)
+                if known is None or (state["last_enqueued_collective"]
+                                     > known["last_enqueued_collective"]):
+                    status[name] = state
+        now = time.time()
+        unchanged, self._status = status == self._status, status
+        entered = {name: state["last_enqueued_collective"] for name, state in status.items()}
+        for name, state in status.items():
+            if entered[name] > state["last_completed_collective"]:
+                if self._first_seen.get(name, (None,))[0] != entered[name]:
+                    self._first_seen[name] = (entered[name], now)
+            else:
+                self._first_seen.pop(name, None)
+        unknown_op = any(self._ops.get(name, (None,))[0] != seq for name, seq in entered.items())
+        if (unchanged and unknown_op) or now - self._arrivals_read >= ARRIVALS_EVERY:
+            self._read_entries(recorders, entered, now)
+        members = _group_members(dist)
+        groups = []
+        for name, state in sorted(status.items()):
+            seq, op, entered_at = self._ops.get(name, (None, "", None))
+            if seq != entered[name]:
+                op, entered_at = "", None
+            if entered_at is None and name in self._first_seen:
+                entered_at = self._first_seen[name][1]
+            groups.append({
+                "group": name,
+                "ranks": members.get(name, []),
+                "entered": max(entered[name], 0),
+                "completed": max(state["last_completed_collective"], 0),
+                "op": op,
+                # A wall-clock time: the agent, on the same machine, measures the wait from it.
+                "entered_at": entered_at,
+            })
+        return {"groups": groups, "positions_known": True, "arrivals": self._arrivals}
+
+    def _read_entries(self, recorders: List[Any], entered: Dict[str, int], now: float) -> None:
+        entries = [entry for dump in recorders
+                   for entry in pickle.loads(dump(True, False, True)).get("entries", [])
+                   if not entry.get("is_p2p")]
+        for entry in entries:
+            name = str(entry["process_group"][0])
+            if entered.get(name) == entry["collective_seq_id"]:
+                self._ops[name] = (entry["collective_seq_id"], _op(entry["profiling_name"]),
+                                   entry["time_created_ns"] / 1e9)
+        since, self._arrivals_read = self._arrivals_read, now
+        self._arrivals = _arrivals(
+            [entry for entry in entries if entry["time_created_ns"] / 1e9 >= since]
+        )
 
 
-def _arrivals(entries: List[Dict[str, Any]]) -> List[List[Any]]:
-    """When this rank entered a sample of its recent collectives: ``[group, seq, time, round]``
+def _arrivals(recent: List[Dict[str, Any]]) -> List[List[Any]]:
+    """When this rank entered a sample of ``recent`` collectives: ``[group, seq, time, round]``
     (``round``: the job's restart round, whose collectives are numbered from 1 again).
 
     The card compares them across ranks (who arrives last, and how late). Every
     rank samples the same collectives: those whose number is a multiple of a power
-    of two, the smallest that keeps ``ARRIVALS_PER_INTERVAL`` a second; ranks whose
-    rates differ pick powers that are multiples of each other.
+    of two, the smallest that keeps at most ``ARRIVALS_SAMPLE``; ranks whose rates
+    differ pick powers that are multiples of each other.
     """
-    since = time.time() - 2 * INTERVAL
-    recent = [entry for entry in entries if entry["time_created_ns"] / 1e9 >= since]
     stride = 1
-    while len(recent) / stride > 2 * ARRIVALS_PER_INTERVAL:
+    while len(recent) / stride > ARRIVALS_SAMPLE:
         stride *= 2
     restart_round = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     return [
         [str(entry["process_group"][0]), entry["collective_seq_id"],
          round(entry["time_created_ns"] / 1e9, 6), restart_round]
         for entry in recent if entry["collective_seq_id"] % stride == 0
-    ][-2 * ARRIVALS_PER_INTERVAL:]
+    ][-ARRIVALS_SAMPLE:]
 
 
 def _op(profiling_name: str) -> str:

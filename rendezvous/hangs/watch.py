@@ -317,6 +317,10 @@ class HangWatch:
         snapshots = []
         for record in records:
             try:
+                probe_ran = os.stat(probe.progress_path(self.directory, int(record["rank"]))).st_mtime
+            except OSError:
+                probe_ran = now
+            try:
                 with open(probe.stacks_path(self.directory, int(record["rank"]))) as stacks_file:
                     threads = stacks_file.read()
             except OSError:
@@ -331,6 +335,7 @@ class HangWatch:
                 where=user_frame(main, record.get("library_dirs", ())),
                 stack=main[:STACK_FRAMES],
                 threads=threads[-_THREADS_CHARS:],
+                probe_silent=max(0.0, now - probe_ran),
             ))
         return snapshots
 

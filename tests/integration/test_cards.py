@@ -133,11 +133,12 @@ def test_failed_task_keeps_a_card_naming_the_failing_rank_and_its_error(flows):
 def test_card_shows_a_hang_live_with_its_culprit_then_the_stragglers(flows):
     """Call 1: a rank sleeps before an all_reduce for longer than hang_timeout (report only):
     while the job hangs, node 0's card names the culprit, its file:line and stack; once it
-    moves on, the card says the wait is over. Call 2: a rank is late at every all_reduce: the
-    card flags it as persistently last."""
+    moves on, the card says the wait is over. Call 2: a rank is 0.4 s late at each of 50
+    all_reduces (20 s: each probe reads its arrivals every 10 s): the card flags it as
+    persistently last."""
     culprit, straggler = random.randrange(4), random.randrange(4)
     calls = [{"scenario": "sleep", "culprit": culprit, "hold": 20},
-             {"scenario": "straggler", "culprit": straggler, "hold": 0.3, "rounds": 30}]
+             {"scenario": "straggler", "culprit": straggler, "hold": 0.4, "rounds": 50}]
     running = RunningFlow(flows.start(
         "card_job.py", "--script", "workers/hang.py", "--script_args", json.dumps(calls),
         "--torchrun_args", json.dumps({"rdzv_conf": "hang_timeout=3"}), env=card_env(flows),

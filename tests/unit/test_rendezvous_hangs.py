@@ -135,3 +135,16 @@ def test_faulthandler_dump_gives_each_threads_frames_and_the_users_innermost_fra
 def test_a_dump_cut_short_and_python_313_thread_names_still_parse():
     text = 'Thread 0x0000000000000abc [worker] (most recent call first):\n  File "/a.py", line 1 in f\n  File "/b.py", li'
     assert thread_stacks(text) == {0xABC: (Frame("/a.py", 1, "f"),)}
+
+
+def test_a_rank_whose_probe_stopped_holds_the_gil_and_is_the_culprit_whatever_its_stale_position():
+    """A regular expression holding the GIL since the rank was in all_reduce #3: its probe
+    last saw it there, waiting; the others completed #3 and wait in #4."""
+    stale = RankSnapshot(node=1, rank=3, local_rank=1, probe_silent=40.0,
+                         groups=(GroupPosition("0", (0, 1, 2, 3), 3, 2, "all_reduce", 45.0),))
+    report = diagnose([rank(0, 4, 3, waited=400), rank(1, 4, 3, waited=400),
+                       rank(2, 4, 3, waited=400), stale], TIMEOUT)
+    assert report.verdict == Verdict.CULPRITS
+    assert [(c.rank, c.position) for c in report.culprits] == [
+        (3, "in a call that has held the GIL for 40 s (a long C call, not a collective)")]
+    assert [w.seq for w in report.waits] == [4]
