@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Sequence
 from rendezvous.hangs import probe
 from tests.harness.netns_hosts import TestHosts, unavailable_reason
 from tests.harness.processes import MARKER_VAR, kill_processes, processes_with_marker
-from tests.harness.torchrun_nodes import TORCHRUN, Job, job_on_hosts, wait_for_output
+from tests.harness.torchrun_nodes import TORCHRUN, Job, job_on_hosts
 
 WORKER = str(Path(__file__).resolve().parents[1] / "tests" / "flows" / "workers" / "hang.py")
 SCENARIOS = ("sleep", "lock", "regex", "loader", "skip")

@@ -48,6 +48,27 @@ def wake_every_node(store: Store, keys: JobKeys, num_nodes: int,
     store.multi_set(names, list(also.values()) + ["1"] * num_nodes)
 
 
+def wait_for_wake(store: Store, wake_key: str, stopped: threading.Event) -> bool:
+    """Wait until ``wake_key`` exists, delete it and return True; False once ``stopped`` is set
+    (whoever sets it also sets the key, which ends the wait).
+
+    Raises:
+        DistError, RuntimeError: node 0's store went away.
+    """
+    while not stopped.is_set():
+        try:
+            store.wait([wake_key], _CHANGE_WAIT)
+        except DistStoreError as error:
+            if "timeout" in str(error):
+                continue
+            raise
+        if stopped.is_set():
+            return False
+        store.delete_key(wake_key)
+        return True
+    return False
+
+
 class Watcher:
     """The two background threads of one node, and what they found.
 
@@ -320,16 +341,7 @@ class Watcher:
         state_keys = [keys.round, keys.failures]
         try:
             store = connect_store(self._host, self._port, self._settings.heartbeat_timeout)
-            while not self._stop_event.is_set():
-                try:
-                    store.wait([wake_key], _CHANGE_WAIT)
-                except DistStoreError as error:
-                    if "timeout" in str(error):
-                        continue
-                    raise
-                if self._stop_event.is_set():
-                    return
-                store.delete_key(wake_key)
+            while wait_for_wake(store, wake_key, self._stop_event):
                 round_raw, failures_raw = store.multi_get(state_keys)
                 self._requested_round = int(round_raw)
                 self._fail(_job_failed(parse_failures(failures_raw)))
@@ -346,4 +358,4 @@ def _job_failed(records: List[Failure]) -> Optional[JobFailedError]:
     return None if cause is None else JobFailedError(cause)
 
 
-__all__ = ["Watcher", "wake_every_node"]
+__all__ = ["Watcher", "wait_for_wake", "wake_every_node"]

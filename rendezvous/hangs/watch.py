@@ -25,10 +25,9 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict
-from datetime import timedelta
 from typing import Any, Callable, Dict, List, Optional
 
-from torch.distributed import DistError, DistStoreError, Store
+from torch.distributed import DistError, Store
 
 from ..errors import StoreUnreachableError
 from ..failure import Failure, FailureKind
@@ -36,6 +35,7 @@ from ..keys import JobKeys
 from ..settings import RendezvousSettings
 from ..store import BoundedConnection, connect_store
 from ..topology import Topology
+from ..watcher import wait_for_wake
 from . import probe
 from .diagnosis import (
     STACK_FRAMES,
@@ -58,7 +58,6 @@ _STACKS_TIMEOUT = 2.0
 _THREADS_CHARS = 8000
 # How often a report is renewed while the hang lasts, at most.
 _RECHECK_MAX = 60.0
-_LISTEN_WAIT = timedelta(hours=1)
 
 
 class HangWatch:
@@ -215,16 +214,7 @@ class HangWatch:
         seen = {"suspected": 0, "gather": 0, "reported": 0}
         try:
             store = connect_store(self._host, self._port, self._settings.heartbeat_timeout)
-            while not self._stop_event.is_set():
-                try:
-                    store.wait([wake_key], _LISTEN_WAIT)
-                except DistStoreError as error:
-                    if "timeout" in str(error):
-                        continue
-                    raise
-                if self._stop_event.is_set():
-                    return
-                store.delete_key(wake_key)
+            while wait_for_wake(store, wake_key, self._stop_event):
                 suspected, gather, reported = (int(raw) for raw in store.multi_get(counters))
                 if self._topology.is_control:
                     if suspected > seen["suspected"]:

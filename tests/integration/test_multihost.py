@@ -96,7 +96,7 @@ def test_a_rank_sleeping_on_one_host_is_named_by_every_host(hosts, tmp_path):
             assert (f"metaflow rendezvous (node {node}): hang: ranks" in output
                     and f"for rank {culprit} (node {culprit // 2}, local rank {culprit % 2}), "
                         f"which is at hang.py:" in output), output[-3000:]
-            assert f"metaflow rendezvous: the job hung: " in output, output[-3000:]
+            assert "metaflow rendezvous: the job hung: " in output, output[-3000:]
         assert job.live_processes() == []
 
 
