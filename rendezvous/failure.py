@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, Dict, Optional, Tuple
 
-from .hangs.diagnosis import HangReport
+from .hangs.records import HangReport
 
 # How many of the last lines of a failing rank's traceback travel with a failure.
 TRACEBACK_TAIL_LINES = 20
@@ -77,7 +77,7 @@ class Failure:
         traceback_tail: the end of the failing rank's traceback, "" without one;
             for a hang, the culprits' stacks.
         time: when it failed (``time.time()``).
-        hang: the hang diagnosis (``rendezvous.hangs.diagnosis.HangReport``): of a
+        hang: the hang diagnosis (``rendezvous.hangs.records.HangReport``): of a
             ``HUNG`` failure, and of any failure that ended a job reported hung (a
             collective's own timeout), else None. For a hang, ``node_index``,
             ``rank`` and ``local_rank`` name its first culprit, if it has one.

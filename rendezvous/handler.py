@@ -33,7 +33,7 @@ from .errors import (
 )
 from .failure import Failure, FailureKind
 from .failures import agent_failure
-from .hangs.diagnosis import HangReport
+from .hangs.records import HangReport
 from .hangs.probe import DIRECTORY_VAR as HANG_DIRECTORY_VAR
 from .hangs.watch import HangWatch
 from .keys import JobKeys

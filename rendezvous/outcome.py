@@ -45,12 +45,12 @@ def report(failure: Failure) -> None:
             with open(path, "w") as outcome_file:
                 json.dump({"failure": failure.to_dict()}, outcome_file)
         except OSError as error:
-            _say(f"could not write the outcome file {path}: {error}")
-    _say(f"{LINE_PREFIX}{failure.summary}")
+            say(f"could not write the outcome file {path}: {error}")
+    say(f"{LINE_PREFIX}{failure.summary}")
 
 
-def _say(line: str) -> None:
-    """Print ``line`` on stderr, unless no one reads it any more.
+def say(line: str) -> None:
+    """Print ``line`` on stderr (the agent's log), unless no one reads it any more.
 
     A killed task leaves its agent a broken pipe; the agent must still end
     (its caller's next step), not raise ``BrokenPipeError``.

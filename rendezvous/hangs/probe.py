@@ -76,6 +76,18 @@ def read_progress(path: str) -> Optional[Dict[str, Any]]:
     return record if isinstance(record, dict) else None
 
 
+def write_json(path: str, data: Dict[str, Any]) -> None:
+    """Replace ``path`` with ``data`` as JSON at once: a reader sees the old file or the new.
+
+    Raises:
+        OSError: the directory cannot be written.
+    """
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w") as json_file:
+        json.dump(data, json_file)
+    os.replace(temporary, path)
+
+
 def start() -> bool:
     """Start the probe in this worker, if its agent asked for one. Never raises.
 
@@ -133,10 +145,7 @@ class _Probe:
 
     def _write(self, position: Dict[str, Any]) -> None:
         self._last = position
-        temporary = f"{self._path}.{os.getpid()}.tmp"
-        with open(temporary, "w") as progress_file:
-            json.dump({**self._identity, **position}, progress_file)
-        os.replace(temporary, self._path)
+        write_json(self._path, {**self._identity, **position})
 
 
 class _Recorder:

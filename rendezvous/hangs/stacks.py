@@ -17,7 +17,7 @@ so this is the one place that reads it::
 import re
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from .diagnosis import Frame
+from .records import Frame
 
 _THREAD = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-fA-F]+)")
 _FRAME = re.compile(r'^\s+File "(.*)", line (\d+) in (.*)$')

@@ -7,7 +7,7 @@ ranks has waited in a collective for ``hang_timeout``, it tells node 0
 with its ranks' positions and stacks (``hang/state/<n>/<node>``), node 0
 diagnoses them (``diagnosis.diagnose``) and publishes the report
 (``hang/report``), which every node logs and keeps in ``report.json`` in its
-hang directory, where the card and the launcher read it. While the report
+hang directory, where the card reads it. While the report
 says hung, node 0 gathers again every ``recheck`` seconds, so the report
 stays current and says when the wait is over; with ``hang_fail_after`` it
 fails the job once the hang has lasted that long.
@@ -20,12 +20,11 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
 from dataclasses import asdict
-from typing import Any, Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 from torch.distributed import DistError, Store
 
@@ -35,27 +34,18 @@ from ..keys import JobKeys
 from ..settings import RendezvousSettings
 from ..store import BoundedConnection, connect_store
 from ..topology import Topology
+from ..outcome import say
 from ..watcher import wait_for_wake
-from . import probe
-from .diagnosis import (
-    STACK_FRAMES,
-    GroupPosition,
-    HangReport,
-    RankSnapshot,
-    diagnose,
-    snapshot_from_dict,
-)
-from .stacks import thread_stacks, user_frame
+from . import probe, workers
+from .diagnosis import diagnose
+from .records import HangReport, snapshot_from_dict
 
 logger = logging.getLogger(__name__)
 
 # The directory of the workers' sitecustomize, which starts the probe.
 SITE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site")
-# How long node 0 waits for every node's answer, and a node for its ranks' stacks.
+# How long node 0 waits for every node's answer.
 _ANSWER_TIMEOUT = 10.0
-_STACKS_TIMEOUT = 2.0
-# At most this much of a rank's dump of every thread travels to node 0.
-_THREADS_CHARS = 8000
 # How often a report is renewed while the hang lasts, at most.
 _RECHECK_MAX = 60.0
 
@@ -168,14 +158,14 @@ class HangWatch:
         warned = False
         while not self._stop_event.wait(probe.INTERVAL):
             now = time.monotonic()
-            records = self._records()
+            records = workers.progress(self.directory)
             if not warned and any(not record.get("positions_known", True) for record in records):
                 warned = True
-                _say(f"metaflow rendezvous (node {self._topology.node_index}): hang diagnosis "
+                say(f"metaflow rendezvous (node {self._topology.node_index}): hang diagnosis "
                      f"is off: this torch has no flight recorder to read the ranks' positions "
                      f"from; a newer torch has one (set hang_timeout=0 to silence this)")
             waiting_long = any(
-                waited >= self._settings.hang_timeout for waited in _waits(records)
+                waited >= self._settings.hang_timeout for waited in workers.waits(records)
             )
             renew = (self._topology.is_control and self._report is not None
                      and self._report.hung and now - self._last_gather >= self.recheck)
@@ -190,20 +180,6 @@ class HangWatch:
         keys = self._keys
         self._calls.call(lambda store: (store.add(keys.hang_suspected, 1),
                                         store.set(keys.hang_wake(0), "1")))
-
-    def _records(self) -> List[Dict[str, Any]]:
-        """The progress records of this node's live workers (children of this agent)."""
-        records = []
-        try:
-            names = os.listdir(self.directory)
-        except OSError:
-            return records
-        for name in names:
-            if name.startswith("rank-") and name.endswith(".json"):
-                record = probe.read_progress(os.path.join(self.directory, name))
-                if record is not None and _is_my_worker(record.get("pid")):
-                    records.append(record)
-        return sorted(records, key=lambda record: record.get("rank", 0))
 
     # Listening (every node); gathering (node 0)
 
@@ -232,7 +208,9 @@ class HangWatch:
                 logger.debug("metaflow rendezvous: hang watch ended: %s", error)
 
     def _answer(self, store: Store, gather: int) -> None:
-        answer = json.dumps([asdict(snapshot) for snapshot in self._snapshot()])
+        records = workers.progress(self.directory)
+        snapshots = workers.snapshot(self.directory, self._topology.node_index, records)
+        answer = json.dumps([asdict(snapshot) for snapshot in snapshots])
         store.set(self._keys.hang_state(gather, self._topology.node_index), answer)
 
     def _gather(self, store: Store) -> None:
@@ -244,7 +222,8 @@ class HangWatch:
         others = list(range(1, num_nodes))
         if others:
             store.multi_set([keys.hang_wake(node) for node in others], ["1"] * len(others))
-        snapshots = self._snapshot()
+        records = workers.progress(self.directory)
+        snapshots = workers.snapshot(self.directory, self._topology.node_index, records)
         answers = [keys.hang_state(gather, node) for node in others]
         deadline = time.monotonic() + _ANSWER_TIMEOUT
         silent = []
@@ -256,7 +235,7 @@ class HangWatch:
             snapshots.extend(snapshot_from_dict(item) for item in json.loads(store.get(key)))
             store.delete_key(key)  # a long hang is gathered again and again
         now = time.time()
-        world = max([int(record.get("world_size", 0)) for record in self._records()] + [0])
+        world = max([int(record.get("world_size", 0)) for record in records] + [0])
         report = diagnose(
             snapshots, self._settings.hang_timeout, world=range(world), silent_nodes=silent,
             hung_for=0.0 if self._hung_since is None else now - self._hung_since, time=now,
@@ -286,59 +265,12 @@ class HangWatch:
             hang=report.without_threads(),
         ))
 
-    # This node's ranks
-
-    def _snapshot(self) -> List[RankSnapshot]:
-        """This node's ranks now: positions from their progress files, stacks by signal."""
-        records = self._records()
-        signalled = []
-        for record in records:
-            path = probe.stacks_path(self.directory, int(record["rank"]))
-            number = record.get("stack_signal")
-            try:
-                os.truncate(path, 0)
-                if number:
-                    os.kill(int(record["pid"]), int(number))
-                    signalled.append(path)
-            except OSError:
-                continue
-        _wait_for_dumps(signalled)
-        now = time.time()
-        snapshots = []
-        for record in records:
-            try:
-                probe_ran = os.stat(probe.progress_path(self.directory, int(record["rank"]))).st_mtime
-            except OSError:
-                probe_ran = now
-            try:
-                with open(probe.stacks_path(self.directory, int(record["rank"]))) as stacks_file:
-                    threads = stacks_file.read()
-            except OSError:
-                threads = ""
-            main = thread_stacks(threads).get(int(record.get("main_thread") or 0), ())
-            snapshots.append(RankSnapshot(
-                node=self._topology.node_index,
-                rank=int(record["rank"]),
-                local_rank=int(record.get("local_rank", 0)),
-                groups=tuple(_group_position(group, now) for group in record.get("groups", ())),
-                positions_known=bool(record.get("positions_known", True)),
-                where=user_frame(main, record.get("library_dirs", ())),
-                stack=main[:STACK_FRAMES],
-                threads=threads[-_THREADS_CHARS:],
-                probe_silent=max(0.0, now - probe_ran),
-            ))
-        return snapshots
-
     # Reports (every node)
 
     def _keep(self, report: HangReport) -> None:
         """Write ``report`` to this node's ``report.json``, for the card."""
-        path = os.path.join(self.directory, probe.REPORT_FILE)
-        temporary = path + ".tmp"
         try:
-            with open(temporary, "w") as report_file:
-                json.dump(report.to_dict(), report_file)
-            os.replace(temporary, path)
+            probe.write_json(os.path.join(self.directory, probe.REPORT_FILE), report.to_dict())
         except OSError:
             pass
 
@@ -351,83 +283,17 @@ class HangWatch:
         # Each node says it: the nodes' logs are apart on a cluster, interleaved in a local run.
         prefix = f"metaflow rendezvous (node {self._topology.node_index}): "
         if report.hung and previous is not None and previous.shape == report.shape:
-            _say(f"{prefix}still hung: {report.summary}")
+            say(f"{prefix}still hung: {report.summary}")
         elif report.hung:
             lines = report.details()
-            _say(f"{prefix}hang: {lines[0]}")
+            say(f"{prefix}hang: {lines[0]}")
             for line in lines[1:]:
-                _say(f"{prefix}  {line}")
+                say(f"{prefix}  {line}")
             if self._topology.is_control:
                 path = os.path.join(self.directory, probe.REPORT_FILE)
-                _say(f"{prefix}  every thread's stack of every rank: {path}")
+                say(f"{prefix}  every thread's stack of every rank: {path}")
         elif previous is not None and previous.hung:
-            _say(f"{prefix}the hang is over: {report.summary}")
-
-
-def _waits(records: List[Dict[str, Any]]) -> List[float]:
-    """How long each rank of ``records`` has waited in each collective it is in, in seconds."""
-    now = time.time()
-    return [
-        now - group["entered_at"] for record in records for group in record.get("groups", ())
-        if group.get("entered", 0) > group.get("completed", 0) and group.get("entered_at")
-    ]
-
-
-def _group_position(group: Dict[str, Any], now: float) -> GroupPosition:
-    waiting = group.get("entered", 0) > group.get("completed", 0) and group.get("entered_at")
-    return GroupPosition(
-        group=str(group["group"]), ranks=tuple(group.get("ranks", ())),
-        entered=int(group.get("entered", 0)), completed=int(group.get("completed", 0)),
-        op=str(group.get("op", "")), waited=now - group["entered_at"] if waiting else 0.0,
-    )
-
-
-def _is_my_worker(pid: object) -> bool:
-    """Whether ``pid`` is a live child of this agent: only those may get the stack signal.
-
-    Without ``/proc`` (macOS), whether it is alive: its probe started only as this
-    agent's child, and such a system has no stack signal (``probe.STACK_SIGNAL``).
-    """
-    try:
-        with open(f"/proc/{int(pid)}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        if os.path.isdir("/proc/self"):
-            return False  # a process that is gone
-        try:
-            os.kill(int(pid), 0)
-        except (OSError, ValueError, TypeError):
-            return False
-        return True
-    except (OSError, ValueError, TypeError, IndexError):
-        return False
-    return fields[0] != "Z" and int(fields[1]) == os.getpid()
-
-
-def _wait_for_dumps(paths: List[str]) -> None:
-    """Until each file has stopped growing for a moment after it got something, or the timeout."""
-    deadline = time.monotonic() + _STACKS_TIMEOUT
-    sizes: Dict[str, int] = {}
-    while paths and time.monotonic() < deadline:
-        time.sleep(0.05)
-        settled = True
-        for path in paths:
-            try:
-                size = os.path.getsize(path)
-            except OSError:
-                size = 0
-            if size == 0 or sizes.get(path) != size:
-                settled = False
-            sizes[path] = size
-        if settled:
-            return
-
-
-def _say(line: str) -> None:
-    try:
-        print(line, file=sys.stderr, flush=True)
-    except OSError:
-        pass
+            say(f"{prefix}the hang is over: {report.summary}")
 
 
 __all__ = ["HangWatch", "SITE_DIR"]

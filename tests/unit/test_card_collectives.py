@@ -5,7 +5,8 @@ straggler sections."""
 import json
 from pathlib import Path
 
-from rendezvous.hangs.diagnosis import Frame, GroupPosition, RankSnapshot, diagnose
+from rendezvous.hangs.diagnosis import diagnose
+from rendezvous.hangs.records import Frame, GroupPosition, RankSnapshot
 from rendezvous.hangs.probe import REPORT_FILE
 
 from metaflow_extensions.torchrun.plugins.card.collectives import Collectives, stragglers

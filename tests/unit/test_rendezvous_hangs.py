@@ -6,13 +6,13 @@ import json
 from dataclasses import asdict
 
 from rendezvous.failure import Failure, FailureKind
-from rendezvous.hangs.diagnosis import (
+from rendezvous.hangs.diagnosis import diagnose
+from rendezvous.hangs.records import (
     Frame,
     GroupPosition,
     HangReport,
     RankSnapshot,
     Verdict,
-    diagnose,
     snapshot_from_dict,
 )
 from rendezvous.hangs.stacks import thread_stacks, user_frame

@@ -52,7 +52,7 @@ class TorchrunFailed(TorchrunException):
         reason: the failure's own words (a rank's last error line).
         traceback_tail: the end of the failing rank's traceback, else ""; for a
             hang, the culprits' stacks.
-        hang: the hang diagnosis (``rendezvous.hangs.diagnosis.HangReport``) when
+        hang: the hang diagnosis (``rendezvous.hangs.records.HangReport``) when
             the job was reported hung as it ended, else None: its ``culprits``
             (node, rank, local rank, ``where``: file and line) and ``waits``
             (the collectives the others waited in).

@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from rendezvous.hangs.diagnosis import HangReport
+from rendezvous.hangs.records import HangReport
 from rendezvous.hangs.probe import REPORT_FILE, read_progress
 
 # The stragglers are found over this much of the latest arrivals.

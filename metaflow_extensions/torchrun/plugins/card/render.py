@@ -9,7 +9,7 @@ import re
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from rendezvous.hangs.diagnosis import HangReport, Verdict
+from rendezvous.hangs.records import HangReport, Verdict
 
 from .collectives import Straggler
 from .state import (
