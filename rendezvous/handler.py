@@ -255,7 +255,7 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         if self.settings.hang_timeout:
             self._hangs = HangWatch(
                 self._keys, self.settings, self.topology, self.host, self.port,
-                publish_failure=self._watcher.publish_failure,
+                watcher=self._watcher,
                 directory=os.environ.get(HANG_DIRECTORY_VAR),
             )
             self._hangs.start()

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict
-from typing import Callable, Dict, Optional
+from typing import Dict, Optional
 
 from torch.distributed import DistError, Store
 
@@ -35,7 +35,7 @@ from ..settings import RendezvousSettings
 from ..store import BoundedConnection, connect_store
 from ..topology import Topology
 from ..outcome import say
-from ..watcher import wait_for_wake
+from ..watcher import Watcher, wait_for_wake
 from . import probe, workers
 from .diagnosis import diagnose
 from .records import HangReport, snapshot_from_dict
@@ -66,7 +66,9 @@ class HangWatch:
     Args:
         keys, settings, topology: the job's keys, settings and this node's place.
         host, port: node 0's store.
-        publish_failure: records a failure of the job (the watcher's), for ``hang_fail_after``.
+        watcher: this node's ``Watcher``: whether the job failed already (its ranks are
+            going away, and a diagnosis of what is left would replace the last true one),
+            and how to fail it for ``hang_fail_after``.
         directory: where the workers write their progress, and the report is kept;
             a temporary directory (removed at ``stop``) when None.
     """
@@ -78,7 +80,7 @@ class HangWatch:
         topology: Topology,
         host: str,
         port: int,
-        publish_failure: Callable[[Failure], None],
+        watcher: Watcher,
         directory: Optional[str] = None,
     ):
         self._keys = keys
@@ -86,7 +88,7 @@ class HangWatch:
         self._topology = topology
         self._host = host
         self._port = port
-        self._publish_failure = publish_failure
+        self._watcher = watcher
         self._owns_directory = directory is None
         self.directory = directory or tempfile.mkdtemp(prefix="metaflow-rdzv-hangs-")
         os.makedirs(self.directory, exist_ok=True)
@@ -214,7 +216,10 @@ class HangWatch:
         store.set(self._keys.hang_state(gather, self._topology.node_index), answer)
 
     def _gather(self, store: Store) -> None:
-        """Node 0: ask every node, diagnose what came back, publish the report."""
+        """Node 0: ask every node, diagnose what came back, publish the report; nothing once
+        the job failed."""
+        if self._watcher.failure() is not None:
+            return
         keys = self._keys
         self._last_gather = time.monotonic()
         num_nodes = self._topology.num_nodes
@@ -254,7 +259,7 @@ class HangWatch:
             return
         self._failed = True
         culprit = report.culprits[0] if report.culprits else None
-        self._publish_failure(Failure(
+        self._watcher.publish_failure(Failure(
             kind=FailureKind.HUNG,
             message=f"{report.summary} (hung for {report.hung_for:.0f} s; hang_fail_after="
                     f"{fail_after:g})",
