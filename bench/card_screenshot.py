@@ -95,7 +95,8 @@ def main() -> None:
     screenshot("blank", {"steps": 10, "fail-rank": 3, "release-file": "never-released"},
                out / "card-failure.png", args.width, args.height)
     screenshot("blank", {"scenario": "sleep", "culprit": 1, "hold": 300},
-               out / "card-hang.png", args.width, args.height, worker="hang.py",
+               # Taller: the hang section comes below the root cause.
+               out / "card-hang.png", args.width, args.height + 900, worker="hang.py",
                torchrun_args={"rdzv_conf": "hang_timeout=10,hang_fail_after=10"})
 
 
