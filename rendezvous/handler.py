@@ -1,8 +1,9 @@
 """The ``metaflow`` rendezvous handler: fixed membership, node 0 hosts the store.
 
-The keys it uses in the store are named in ``rendezvous.keys``; the failure
-records (``rendezvous.failure.Failure``) in ``rendezvous.failures``; the thread that watches the other nodes
-is ``rendezvous.watcher``.
+The keys it uses in the store are named in ``rendezvous.keys``, and written
+for the rounds by ``rendezvous.rounds``; the failure records
+(``rendezvous.failure.Failure``) are in ``rendezvous.failures``; the thread
+that watches the other nodes is ``rendezvous.watcher``.
 """
 
 import atexit
@@ -10,7 +11,7 @@ import logging
 import os
 import sys
 import time
-from typing import List, Optional
+from typing import Optional
 
 from torch.distributed import Store, TCPStore
 from torch.distributed.elastic.rendezvous import (
@@ -24,11 +25,8 @@ from .endpoint import format_endpoint
 from .errors import (
     ForeignJobError,
     JobFailedError,
-    JoinTimeoutError,
-    MetaflowRendezvousError,
     RestartAfterFinishError,
     StoreUnreachableError,
-    TopologyError,
     restart_after_finish_reason,
 )
 from .failure import Failure, FailureKind
@@ -46,11 +44,10 @@ from .store import (
     connect_store,
     host_store,
     wait_until_listening,
-    wipe_worker_keys,
 )
+from .rounds import Rounds, join_timeout
 from .topology import Topology
-from .torch_compat import STORE_LISTS_KEYS
-from .watcher import Watcher, wake_every_node
+from .watcher import Watcher
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +115,7 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         self._main: Optional[BoundedConnection] = None
         self._side: Optional[BoundedConnection] = None
         self._watcher: Optional[Watcher] = None
+        self._rounds: Optional[Rounds] = None
         self._hangs: Optional[HangWatch] = None
         self._round = -1
         self._closed = False
@@ -161,11 +159,11 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         target = self._round + 1
         worker_server = None
         if target > 0:
-            finished = self._main.call(lambda store: self._ask_for_round(store, target))
+            finished = self._rounds.ask_for(target)
             if finished:
                 raise RestartAfterFinishError(restart_after_finish_reason(target, finished) + ".")
-            worker_server = self._host_worker_store(target)
-        self._join(target, deadline)
+            worker_server = self._rounds.host_worker_store(target)
+        self._rounds.join(target, deadline)
         self._round = target
         if worker_server is not None:
             # Every worker of the previous round is stopped now: its store can go.
@@ -177,11 +175,11 @@ class MetaflowRendezvousHandler(RendezvousHandler):
         return RendezvousInfo(
             AgentStore(
                 self._main, self._keys.agent_prefix(target), self.settings.join_timeout,
-                workers_finished=self._workers_finished,
+                workers_finished=lambda: self._rounds.workers_finished(target),
             ),
             self.node_index,
             self.topology.num_nodes,
-            RendezvousStoreInfo(master_addr=self.host, master_port=self._workers_port(target)),
+            RendezvousStoreInfo(master_addr=self.host, master_port=self._rounds.workers_port(target)),
         )
 
     def num_nodes_waiting(self) -> int:
@@ -229,13 +227,13 @@ class MetaflowRendezvousHandler(RendezvousHandler):
             store: Store = self._server
         else:
             if not wait_until_listening(self.host, self.port, deadline):
-                raise self._join_timeout(0, [0])
+                raise join_timeout(self.run_id, self.settings, self.topology, 0, [0])
             store = connect_store(self.host, self.port, timeout)
         self._main = BoundedConnection(store, self.endpoint, timeout)
         job_key = self._keys.job
         owner_raw = self._main.wait_then([job_key], deadline, lambda store: store.get(job_key))
         if owner_raw is None:
-            raise self._join_timeout(0, [0])
+            raise join_timeout(self.run_id, self.settings, self.topology, 0, [0])
         owner = owner_raw.decode()
         if owner != self.run_id:
             raise ForeignJobError(
@@ -251,6 +249,8 @@ class MetaflowRendezvousHandler(RendezvousHandler):
             host=self.host, port=self.port, on_failure=self._main.abort,
         )
         self._watcher.start()
+        self._rounds = Rounds(self._keys, self.topology, self.settings, self.host, self.port,
+                              self._main, self._side, self._watcher)
         self._export_socket_ifname()
         if self.settings.hang_timeout:
             self._hangs = HangWatch(
@@ -278,119 +278,6 @@ class MetaflowRendezvousHandler(RendezvousHandler):
                 "workers: %s", self.node_index, self.endpoint, interface,
                 " ".join(f"{name}={value}" for name, value in chosen.items()) or "nothing",
             )
-
-    def _ask_for_round(self, store: Store, round_: int) -> List[int]:
-        """Ask every node to follow into ``round_``; only the first node to ask wakes them.
-
-        Returns the nodes whose workers had all finished, which never follow.
-        Asking before reading them (and ``_workers_finished`` marking before
-        reading the round) means that of a restart and a finish at the same
-        time, at least one side sees the other.
-        """
-        keys = self._keys
-        if store.add(keys.asked(round_), 1) == 1:
-            wake_every_node(
-                store, keys, self.topology.num_nodes,
-                {keys.round: str(round_), keys.asked_by(round_): str(self.node_index)},
-            )
-        return _node_list(store.get(keys.finished)) if store.check([keys.finished]) else []
-
-    def _workers_finished(self) -> None:
-        """This node's workers all succeeded: say so, and fail the job if a restart was asked.
-
-        A node that asked for a newer round would wait ``join_timeout`` for
-        this one, which never joins it; the job fails now, naming that node.
-        Never raises: torch's exit barrier follows either way.
-        """
-        keys = self._keys
-        current = self._round
-
-        def mark_finished(store: Store) -> "tuple[int, Optional[str]]":
-            store.append(keys.finished, f"{self.node_index},")
-            requested = int(store.get(keys.round))
-            asker = store.get(keys.asked_by(requested)).decode() if requested > current else None
-            return requested, asker
-
-        try:
-            requested, asker = self._main.call(mark_finished)
-        except MetaflowRendezvousError:
-            return  # node 0 is gone or the job failed: shutdown() says so
-        if asker is not None:
-            refused = RestartAfterFinishError(
-                restart_after_finish_reason(requested, [self.node_index]) + "."
-            )
-            self._watcher.publish_failure(refused.failure(int(asker)))
-
-    def _host_worker_store(self, round_: int) -> Optional[TCPStore]:
-        """Node 0, for restart round ``round_`` where the store cannot list its keys:
-        start a fresh store for the round's workers and name its port in the store.
-
-        Done before node 0 arrives in the round, so the port is known by the time
-        the round completes; None on every other node and where keys are wiped.
-        """
-        if STORE_LISTS_KEYS or not self.topology.is_control:
-            return None
-        server = host_store(self.host, 0, self.settings.heartbeat_timeout)
-        port_key = self._keys.worker_port(round_)
-        self._main.call(lambda store: store.set(port_key, str(server.port)))
-        return server
-
-    def _workers_port(self, round_: int) -> int:
-        """The port the workers of round ``round_`` reach their store on (their ``MASTER_PORT``)."""
-        if round_ == 0 or STORE_LISTS_KEYS:
-            return self.port
-        port_key = self._keys.worker_port(round_)
-        return int(self._main.call(lambda store: store.get(port_key)))
-
-    def _join(self, round_: int, deadline: float) -> None:
-        num_nodes = self.topology.num_nodes
-        members_key = self._keys.members(round_)
-        count_key = self._keys.count(round_)
-        complete_key = self._keys.complete(round_)
-
-        def arrive(store: Store) -> int:
-            store.append(members_key, f"{self.node_index},")
-            return store.add(count_key, 1)
-
-        if self._main.call(arrive) < num_nodes:
-            if not self._main.wait([complete_key], deadline):
-                arrived = set(self._members(self._side, round_))
-                raise self._join_timeout(round_, sorted(set(range(num_nodes)) - arrived))
-            return
-        members = self._members(self._main, round_)
-        if sorted(members) != list(range(num_nodes)):
-            duplicates = sorted({i for i in members if members.count(i) > 1})
-            reason = (
-                f"two agents claim node index {', '.join(map(str, duplicates))}; "
-                f"every node needs its own MF_PARALLEL_NODE_INDEX"
-            )
-            error = TopologyError(reason + ".")
-            self._watcher_publish(error.failure(self.node_index))
-            raise error
-        if round_ > 0 and STORE_LISTS_KEYS:
-            namespace = self._keys.namespace
-            self._main.call(lambda store: wipe_worker_keys(store, namespace))
-        self._main.call(lambda store: store.set(complete_key, "1"))
-
-    def _members(self, connection: BoundedConnection, round_: int) -> List[int]:
-        key = self._keys.members(round_)
-        return _node_list(connection.call(lambda store: store.get(key)))
-
-    def _join_timeout(self, round_: int, missing: List[int]) -> JoinTimeoutError:
-        names = ", ".join(map(str, missing))
-        hint = (
-            " Node 0 hosts the store; it never came up."
-            if 0 in missing and not self.topology.is_control
-            else ""
-        )
-        # The list ends the message so that tools can cut it off the end.
-        return JoinTimeoutError(
-            f"round {round_} of rendezvous {self.run_id!r} did not complete within "
-            f"join_timeout={self.settings.join_timeout:g} s.{hint} Check that the missing "
-            f"nodes started (their logs say why not), or raise --rdzv-conf join_timeout; "
-            f"missing nodes: {names}",
-            missing,
-        )
 
     # Failing
 
@@ -454,11 +341,6 @@ class MetaflowRendezvousHandler(RendezvousHandler):
 def _same_failure(error: Optional[BaseException], failure: JobFailedError) -> bool:
     """Whether ``error`` already is the job's ``failure``: raising it again adds nothing."""
     return isinstance(error, JobFailedError) and error.record == failure.record
-
-
-def _node_list(raw: bytes) -> List[int]:
-    """Node indexes as appended to a key: ``"0,2,1,"``."""
-    return [int(item) for item in raw.decode().split(",") if item]
 
 
 __all__ = ["MetaflowRendezvousHandler"]

@@ -45,6 +45,7 @@ class JobKeys:
     """The name of every key of the job ``run_id`` in node 0's store.
 
     Attributes:
+        run_id: the job's rendezvous id.
         namespace: the prefix of every key of the backend, of any job.
         job: the key naming the job whose node 0 hosts the store.
         round, failures, failure_count, finished, closed: the job's keys of those names.
@@ -53,6 +54,7 @@ class JobKeys:
     def __init__(self, run_id: str):
         prefix = f"{_NAMESPACE}{run_id}/"
         self._prefix = prefix
+        self.run_id = run_id
         self.namespace = _NAMESPACE
         self.job = _NAMESPACE + "job"
         self.round = prefix + "round"
