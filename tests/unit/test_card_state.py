@@ -5,14 +5,8 @@ import json
 from pathlib import Path
 
 from metaflow_extensions.torchrun.plugins.card.render import render
-from metaflow_extensions.torchrun.plugins.card.state import (
-    DONE,
-    FAILED,
-    RUNNING,
-    STOPPED,
-    CallLayout,
-    JobState,
-)
+from metaflow_extensions.torchrun.plugins.card.ranks import DONE, FAILED, RUNNING, STOPPED
+from metaflow_extensions.torchrun.plugins.card.state import CallLayout, JobState
 from rendezvous.failure import Failure, FailureKind
 
 

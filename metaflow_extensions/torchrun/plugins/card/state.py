@@ -19,115 +19,30 @@ import re
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
-from typing import Any, Deque, Dict, List, NamedTuple, Optional, Set, Tuple
+from dataclasses import dataclass, replace
+from typing import Any, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from rendezvous.failure import Failure
 
 from ..worker.files import attempt_dirs, attempt_number, first_error
 from .collectives import Collectives, CollectivesSnapshot
+from .ranks import (
+    DONE,
+    FAILED,
+    LAST_LINES,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    RankState,
+    exit_text,
+    is_failing_rank,
+)
 
-STARTING = "starting"
-RUNNING = "running"
-DONE = "done"
-FAILED = "failed"
-# Ended by its agent because another rank failed; also the end of an attempt
-# that a restart replaced is marked RESTARTED in the rank's segments.
-STOPPED = "stopped"
-RESTARTED = "restarted"
-
-# How many of a rank's latest output lines the card shows and the store carries.
-LAST_LINES = 5
 # A line longer than this is cut for the card (the task's log has it whole).
 _LINE_CHARS = 200
 # "[rank3]: text": the prefix launch.command.LINE_PREFIX_TEMPLATE gives torch's
 # log tailer for worker lines (torch writes the prefix, the program the text).
 _RANK_LINE = re.compile(r"^\[rank(\d+)\]: ?(.*)$", re.DOTALL)
-
-
-@dataclass
-class Segment:
-    """One attempt of a rank: from its start to its end (None while it runs) and how it ended."""
-
-    attempt: int
-    start: float
-    end: Optional[float] = None
-    outcome: str = RUNNING
-
-
-@dataclass
-class RankState:
-    """One global rank: where it runs, its state, and its latest lines."""
-
-    rank: int
-    local_rank: int
-    node: int
-    state: str = STARTING
-    exit: str = ""  # "0", "1", "SIGKILL"; "" while unknown
-    error: str = ""  # a failed rank's error: the end of its traceback, else a summary
-    lines: Deque[str] = field(default_factory=lambda: deque(maxlen=LAST_LINES))
-    segments: List[Segment] = field(default_factory=list)
-
-    @property
-    def started(self) -> Optional[float]:
-        return self.segments[0].start if self.segments else None
-
-    @property
-    def ended(self) -> Optional[float]:
-        return self.segments[-1].end if self.segments else None
-
-    @property
-    def restarts(self) -> int:
-        return max(0, len(self.segments) - 1)
-
-    def wall_time(self, now: float) -> Optional[float]:
-        if self.started is None:
-            return None
-        return (self.ended or now) - self.started
-
-    def _start_attempt(self, attempt: int, at: float) -> None:
-        if self.segments and self.segments[-1].end is None:
-            self.segments[-1].end = at
-            self.segments[-1].outcome = RESTARTED
-        self.segments.append(Segment(attempt, at))
-        self.state = RUNNING
-        self.exit = ""
-
-    def _fail_attempt(self, attempt: int, at: float, error: str) -> None:
-        """Its segment of ``attempt`` failed (exit code 1: the bootstrap's after an error)."""
-        self.error = error
-        segment = next((s for s in self.segments if s.attempt == attempt), None)
-        if segment is None:
-            return
-        if segment is self.segments[-1] and segment.end is None:
-            self._end(FAILED, at, "1")
-        else:  # already replaced by a restart's next attempt
-            segment.outcome = FAILED
-
-    def _end(self, state: str, at: float, exit_text: str = "") -> None:
-        self.state = state
-        self.exit = exit_text or self.exit
-        if self.segments and self.segments[-1].end is None:
-            self.segments[-1].end = at
-            self.segments[-1].outcome = state
-
-    def to_payload(self) -> Dict[str, Any]:
-        return {
-            "rank": self.rank, "local_rank": self.local_rank, "node": self.node,
-            "state": self.state, "exit": self.exit, "error": self.error,
-            "lines": list(self.lines),
-            "segments": [[s.attempt, s.start, s.end, s.outcome] for s in self.segments],
-        }
-
-    @classmethod
-    def from_payload(cls, data: Dict[str, Any]) -> "RankState":
-        return cls(
-            rank=int(data["rank"]), local_rank=int(data["local_rank"]), node=int(data["node"]),
-            state=str(data["state"]), exit=str(data["exit"]), error=str(data["error"]),
-            lines=deque((str(line) for line in data["lines"]), maxlen=LAST_LINES),
-            segments=[Segment(int(a), float(s), None if e is None else float(e), str(o))
-                      for a, s, e, o in data["segments"]],
-        )
 
 
 class Payload(NamedTuple):
@@ -155,13 +70,6 @@ class CallLayout:
     rdzv_id: str
     log_dir: str
     hang_dir: str = ""
-
-
-def exit_text(failure: Failure) -> str:
-    """A failed rank's exit as the card shows it: its code, or the signal's name."""
-    if failure.signal:
-        return failure.signal
-    return "" if failure.exit_code is None else str(failure.exit_code)
 
 
 @dataclass(frozen=True)
@@ -261,7 +169,7 @@ class JobState:
                 return  # a rank of "auto" processes not yet seen on disk; scan adds it
             state.lines.append(content)
             if state.state == STARTING:
-                state._start_attempt(0, time.time())
+                state.start_attempt(0, time.time())
                 self._state_version += 1
             self._version += 1
 
@@ -286,14 +194,14 @@ class JobState:
                     for local in _local_ranks(attempt_dir):
                         state = self._local_rank_state(local)
                         if not state.segments or state.segments[-1].attempt < attempt:
-                            state._start_attempt(attempt, now)
+                            state.start_attempt(attempt, now)
                     changed = True
                 if attempt not in self._failed_attempts:
                     error = first_error(attempt_dir, self._node)
                     if error is not None:
                         self._failed_attempts.add(attempt)
                         state = self._local_rank_state(error.local_rank)
-                        state._fail_attempt(attempt, now, error.traceback_tail)
+                        state.fail_attempt(attempt, now, error.traceback_tail)
                         changed = True
             if changed:
                 self._version += 1
@@ -320,16 +228,16 @@ class JobState:
                 # rank of every node reaches after it returned.
                 for state in self._ranks.values():
                     if state.node == self._node or self._node == 0:
-                        state._end(DONE, now, "0")
+                        state.end(DONE, now, "0")
             else:
                 for state in self._ranks.values():
                     if is_failing_rank(state, failure) and state.state != FAILED:
                         state.error = state.error or failure.traceback_tail or failure.summary
-                        state._end(FAILED, now, exit_text(failure))
+                        state.end(FAILED, now, exit_text(failure))
                     elif state.state in (STARTING, RUNNING):
                         # Its agent stopped it, or (a rank of another node
                         # whose last word did not reach us) the job ended it.
-                        state._end(STOPPED, now)
+                        state.end(STOPPED, now)
             self._version += 1
             self._state_version += 1
 
@@ -400,11 +308,3 @@ def _local_ranks(attempt_dir: str) -> List[int]:
     except OSError:
         return []
     return sorted(int(name) for name in names if name.isdigit())
-
-
-def is_failing_rank(state: RankState, failure: Failure) -> bool:
-    """Whether ``failure`` names this rank: by global rank, else by node and local rank."""
-    if failure.rank is not None:
-        return state.rank == failure.rank
-    return (failure.local_rank is not None and state.node == failure.node_index
-            and state.local_rank == failure.local_rank)
