@@ -14,7 +14,7 @@ import metaflow  # noqa: F401 - first: the extension's modules import it, and it
 from tests.harness.cards import rank_row as row, read_cards
 from tests.harness.flow_runs import RunningFlow
 
-from metaflow_extensions.torchrun.plugins.card.state import DONE, FAILED, RUNNING, STOPPED
+from metaflow_extensions.torchrun.plugins.card.ranks import DONE, FAILED, RUNNING, STOPPED
 
 
 # Deadlines for what takes seconds here: only a hang meets them, also on a machine five
@@ -148,11 +148,11 @@ def test_card_shows_a_hang_live_with_its_culprit_then_the_stragglers(flows):
         assert running.process.poll() is None and time.monotonic() < deadline, running.output()
         time.sleep(0.1)
     paths = task_pathspecs(running.output())
-    culprit_row = f"| {culprit} | {culprit // 2} | {culprit % 2} | hang.py:"
+    culprit_row = f"| {culprit} | {culprit // 2} | {culprit % 2} | `hang.py:"
     [live] = card_texts(flows, paths[0], want=["**Job hung**", culprit_row],
                         timeout=CARD_DEADLINE_SECONDS)
     assert "**Job hung**" in live and culprit_row in live, live
-    assert f"in prepare | not in a collective (last completed: all_reduce #3) |" in live, live
+    assert "in prepare` | `not in a collective (last completed: all_reduce #3)` |" in live, live
     assert f"**rank {culprit}**, main thread (most recent call first):" in live, live
     run = running.finish(timeout=180)
     assert run.returncode == 0, run.output[-4000:]

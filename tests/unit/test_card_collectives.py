@@ -5,6 +5,7 @@ straggler sections."""
 import json
 from pathlib import Path
 
+from rendezvous.failure import Failure, FailureKind
 from rendezvous.hangs.diagnosis import diagnose
 from rendezvous.hangs.records import Frame, GroupPosition, RankSnapshot
 from rendezvous.hangs.probe import REPORT_FILE
@@ -80,12 +81,39 @@ def test_the_hang_report_shows_its_culprit_and_stack_and_then_that_the_job_moved
     hang_dir.mkdir()
     (hang_dir / REPORT_FILE).write_text(json.dumps(report.to_dict()))
     state.scan()
-    hang = render(state.snapshot(), now=1001.0).hang
-    assert "**Job hung**" in hang
-    assert "| 1 | 0 | 1 | prepare.py:40 in prepare | not in a collective (last completed: all_reduce #1) |" in hang
-    assert "/job/prepare.py:40 in prepare" in hang and "/job/train.py:9 in <module>" in hang
+    sections = render(state.snapshot(), now=1001.0)
+    assert "**Job hung**" in sections.hang
+    assert ("<blockquote>rank 0 has waited 400 s in barrier #2 for rank 1 (node 0, local rank 1)"
+            in sections.hang)
+    details = sections.hang_details
+    assert ("| 1 | 0 | 1 | `prepare.py:40 in prepare` "
+            "| `not in a collective (last completed: all_reduce #1)` |") in details
+    assert "/job/prepare.py:40 in prepare" in details and "/job/train.py:9 in <module>" in details
     state.finish(None)
     assert "then moved on and succeeded" in render(state.snapshot(), now=1002.0).hang
+
+
+def test_each_quote_ends_its_part_of_the_card(tmp_path):
+    """Metaflow's card renders nothing after an HTML block (our quotes) that does not end
+    its component: not the rest of it, not the next components."""
+    state = JobState(_layout(tmp_path, 0), (), "h:1")
+    where = Frame("/job/prepare.py", 40, "__init__")
+    report = diagnose(
+        [RankSnapshot(0, 0, 0, (GroupPosition("0", (0, 1), 2, 1, "all_reduce", 400),)),
+         RankSnapshot(0, 1, 1, (GroupPosition("0", (0, 1), 1, 1, "all_reduce"),), where=where,
+                      stack=(where,))],
+        hang_timeout=300, time=1000.0)
+    (tmp_path / "hangs-0").mkdir()
+    (tmp_path / "hangs-0" / REPORT_FILE).write_text(json.dumps(report.to_dict()))
+    state.scan()
+    state.finish(Failure(FailureKind.RAISED, "ValueError: bad <batch> __x__", node_index=0,
+                         rank=1, local_rank=1, exit_code=1, traceback_tail="Traceback ...\nboom"))
+    parts = [part for part in render(state.snapshot(), now=1001.0) if isinstance(part, str)]
+    quoted = [part for part in parts if "<blockquote>" in part]
+    assert len(quoted) == 2  # the root cause's and the hang's
+    for part in quoted:
+        assert part.count("<blockquote>") == 1 and part.endswith("</blockquote>"), part
+    assert "ValueError: bad &lt;batch&gt; __x__</blockquote>" in quoted[0]
 
 
 def test_without_a_hang_directory_nothing_is_read(tmp_path):

@@ -6,14 +6,9 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from metaflow_extensions.torchrun.plugins.card.render import _cell, _inline, render
-from metaflow_extensions.torchrun.plugins.card.state import (
-    RUNNING,
-    CallLayout,
-    RankState,
-    Segment,
-    Snapshot,
-)
+from metaflow_extensions.torchrun.plugins.card.render import _code, _quote, render
+from metaflow_extensions.torchrun.plugins.card.ranks import RUNNING, RankState, Segment
+from metaflow_extensions.torchrun.plugins.card.state import CallLayout, Snapshot
 
 
 def _layout(log_dir: Path, node_index: int, nproc: int = 2) -> CallLayout:
@@ -32,8 +27,12 @@ def test_the_model_and_its_rendering_import_without_metaflow():
 
 
 def test_markdown_cells_and_timeline_survive_odd_output():
-    assert _cell("a|b`c<d\ne") == "a\\|b\\`c&lt;d e"
-    assert _inline("rank_3 *x* <y>\n z") == "rank\\_3 \\*x\\* \\<y\\> z"
+    # Metaflow's card drops Markdown's backslash escapes ("all\\_reduce \\#4" shows as
+    # "allreduce 4"): odd text goes in code spans and HTML blocks, which need none.
+    assert _code("a|b`c<d\ne __init__") == "``a\\|b`c<d e __init__``"
+    assert _code("`x`", cell=False) == "`` `x` ``"
+    assert _quote("all_reduce #4 at <module>\n *x*") == (
+        "<blockquote>all_reduce #4 at &lt;module&gt; *x*</blockquote>")
     rank = RankState(0, 0, 0, state=RUNNING, lines=deque(["x | y"]),
                      segments=[Segment(0, 100.0)])
 
@@ -41,7 +40,7 @@ def test_markdown_cells_and_timeline_survive_odd_output():
                         started=99.0, ended=None, ranks=(rank,), rounds=((100.0, 0),),
                         failure=None, version=1)
     sections = render(snapshot, now=101.0)
-    assert "x \\| y" in sections.rank_table
+    assert "`x \\| y`" in sections.rank_table
     bars = render(snapshot, now=102.0).timeline["layer"][0]["data"]["values"]
     assert bars == [{"rank": "rank 0 (node 0)", "order": 0, "start": 1.0, "end": 3.0,
                      "state": RUNNING, "attempt": 0}]

@@ -5,6 +5,7 @@ Vega-Lite chart), which ``card.live`` puts into Metaflow's card components;
 ``render_key`` is what a re-render depends on. Tested without Metaflow.
 """
 
+import html
 import re
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
@@ -12,17 +13,17 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 from rendezvous.hangs.records import HangReport, Verdict
 
 from .collectives import Straggler
-from .state import (
+from .ranks import (
     DONE,
     FAILED,
     RESTARTED,
     RUNNING,
     STARTING,
     STOPPED,
-    Snapshot,
     exit_text,
     is_failing_rank,
 )
+from .state import Snapshot
 
 _STATE_COLORS = {
     STARTING: "#b0b7c3",
@@ -43,13 +44,20 @@ _STATE_MARKS = {
 
 
 class Sections(NamedTuple):
-    """The parts of one call's card section, in the order the card shows them."""
+    """The parts of one call's card section, in the order the card shows them.
+
+    A part that ends with a quote (``_quote``) stops there and the next part
+    goes on: Metaflow's card renders nothing after an HTML block, not even the
+    next components, unless that block ends its component.
+    """
 
     layout: str
     summary: str
     rank_table: str
     root_cause: str
+    root_cause_details: str
     hang: str
+    hang_details: str
     stragglers: str
     timeline: Dict[str, Any]
     last_lines: str
@@ -57,13 +65,17 @@ class Sections(NamedTuple):
 
 def render(snapshot: Snapshot, now: float) -> Sections:
     """Every part of the section for ``snapshot``, with running times up to ``now``."""
+    root_cause, root_cause_details = _root_cause(snapshot)
+    hang, hang_details = _hang(snapshot.collectives.hang, moved_on=snapshot.ended is not None
+                               and snapshot.failure is None)
     return Sections(
         layout=_layout(snapshot),
         summary=_summary(snapshot, now),
         rank_table=_rank_table(snapshot, now),
-        root_cause=_root_cause(snapshot),
-        hang=_hang(snapshot.collectives.hang, moved_on=snapshot.ended is not None
-                   and snapshot.failure is None),
+        root_cause=root_cause,
+        root_cause_details=root_cause_details,
+        hang=hang,
+        hang_details=hang_details,
         stragglers=_stragglers(snapshot.collectives.stragglers),
         timeline=_timeline(snapshot, now),
         last_lines=_last_lines(snapshot),
@@ -83,15 +95,30 @@ def shorten(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def _cell(text: str) -> str:
-    """Text safe in a Markdown table cell."""
-    return (text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
-            .replace("<", "&lt;").replace("\n", " ")) or " "
+def _code(text: str, cell: bool = True) -> str:
+    """``text`` shown exactly as written, as an inline code span (one line).
+
+    Metaflow's card renderer drops Markdown's backslash escapes, so text that
+    may hold ``_``, ``*``, ``<`` or a backtick (a rank's output, a path, a
+    stack frame) goes in a code span, where nothing is Markdown (that renderer
+    drops the backticks inside one, though). ``cell``: it goes in a table
+    cell, where a ``|`` must still be escaped.
+    """
+    text = str(text).replace("\r", " ").replace("\n", " ") or " "
+    if cell:
+        text = text.replace("|", "\\|")
+    fence = "`" * (1 + max((len(run) for run in re.findall("`+", text)), default=0))
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
-def _inline(text: str) -> str:
-    """Text shown as written in a Markdown paragraph (wrapped, unlike a code block)."""
-    return re.sub(r"([\\`*_\[\]<>#|])", r"\\\1", " ".join(text.split()))
+def _quote(text: str) -> str:
+    """``text`` as a block quote, wrapped and shown as written.
+
+    An HTML block, which Metaflow's renderer shows as is, since it drops Markdown's
+    backslash escapes. It must end its part of ``Sections`` (see there), after a blank line.
+    """
+    return f"<blockquote>{html.escape(' '.join(text.split()), quote=False)}</blockquote>"
 
 
 def _fenced(lines: List[str]) -> str:
@@ -109,13 +136,14 @@ def _layout(snapshot: Snapshot) -> str:
     scope = ("every node and rank of the job" if layout.node_index == 0
              else f"the ranks of node {layout.node_index}; node 0's card shows the whole job")
     rows = [
-        ("layout", f"{layout.num_nodes} nodes x {nproc} processes, world size {world}"),
-        ("this card", f"node {layout.node_index}: {scope}"),
-        ("rendezvous id", layout.rdzv_id),
-        ("store endpoint", snapshot.store_endpoint),
-        *snapshot.settings,
+        ("layout", f"{layout.num_nodes} nodes x {nproc} processes, world size {world}", True),
+        ("this card", f"node {layout.node_index}: {scope}", True),
+        ("rendezvous id", layout.rdzv_id, False),
+        ("store endpoint", snapshot.store_endpoint, False),
+        *((name, value, False) for name, value in snapshot.settings),
     ]
-    table = "\n".join(f"| {_cell(name)} | {_cell(str(value))} |" for name, value in rows)
+    table = "\n".join(f"| {name} | {value if prose else _code(value)} |"
+                      for name, value, prose in rows)
     return (f"## torchrun job, call {layout.call} of this step\n\n"
             f"| | |\n| --- | --- |\n{table}")
 
@@ -141,16 +169,17 @@ def _rank_table(snapshot: Snapshot, now: float) -> str:
         last = rank.lines[-1] if rank.lines else ""
         rows.append(
             f"| {rank.rank} | {rank.local_rank} | {rank.node} | {_STATE_MARKS[rank.state]} "
-            f"| {_cell(rank.exit or '-')} | {'-' if wall is None else f'{wall:.1f} s'} "
-            f"| {rank.restarts} | {_cell(shorten(last, 120))} |"
+            f"| {rank.exit or '-'} | {'-' if wall is None else f'{wall:.1f} s'} "
+            f"| {rank.restarts} | {_code(shorten(last, 120)) if last else ''} |"
         )
     return "### Ranks\n\n" + "\n".join(rows)
 
 
-def _root_cause(snapshot: Snapshot) -> str:
+def _root_cause(snapshot: Snapshot) -> Tuple[str, str]:
+    """What failed first, in words (ending with its quote); then its traceback and logs."""
     failure = snapshot.failure
     if failure is None:
-        return ""
+        return "", ""
     failed = next((rank for rank in snapshot.ranks if is_failing_rank(rank, failure)), None)
     if failure.rank is not None:
         where = (f"global rank {failure.rank} on node {failure.node_index} "
@@ -162,8 +191,8 @@ def _root_cause(snapshot: Snapshot) -> str:
         where = f"node {failure.node_index}"
     else:
         where = "the job"
-    text = f"### Root cause\n\n**{_cell(where)}** failed first:\n\n"
-    text += "> " + _inline(failure.summary)
+    head = f"### Root cause\n\n**{where}** failed first:\n\n" + _quote(failure.summary)
+    details = ""
     # The failure carries the failing rank's traceback: from its error file on
     # this node, or as its node recorded it with the failure in the store.
     # Else the one its node's card published, if that arrived before the end.
@@ -172,27 +201,29 @@ def _root_cause(snapshot: Snapshot) -> str:
     )
     if tail:
         # Already its end: every failure record and JobState keep the last lines.
-        text += "\n\nEnd of its traceback:\n\n" + _fenced(tail.rstrip().splitlines())
-    text += f"\n\nThis node's per-rank logs: `{_cell(snapshot.layout.log_dir)}`"
-    return text
+        details = "End of its traceback:\n\n" + _fenced(tail.rstrip().splitlines()) + "\n\n"
+    details += f"This node's per-rank logs: {_code(snapshot.layout.log_dir, cell=False)}"
+    return head, details
 
 
-def _hang(report: Optional[HangReport], moved_on: bool) -> str:
-    """The newest hang report: who waits where, for whom, and each culprit's stack.
+def _hang(report: Optional[HangReport], moved_on: bool) -> Tuple[str, str]:
+    """The newest hang report: who waits where, for whom (ending with that quote); then
+    each culprit's row and stack.
 
     ``moved_on``: the job succeeded since (before a newer report could say the wait was over).
     """
     if report is None:
-        return ""
+        return "", ""
     at = time.strftime("%H:%M:%S", time.localtime(report.time))
     if not report.hung or moved_on:
         return (f"### Hang\n\nThe job was reported hung; as of {at} no rank waits any more."
                 if not report.hung else
                 f"### Hang\n\nThe job was reported hung as of {at}, then moved on and "
-                f"succeeded:\n\n> {_inline(report.summary)}")
+                f"succeeded:\n\n{_quote(report.summary)}"), ""
     hung_for = f", hung for {report.hung_for:.0f} s" if report.hung_for else ""
     kind = "transport hang" if report.verdict == Verdict.TRANSPORT else "hung"
-    text = f"### Hang\n\n**Job {kind}** (as of {at}{hung_for}):\n\n> {_inline(report.summary)}"
+    head = f"### Hang\n\n**Job {kind}** (as of {at}{hung_for}):\n\n{_quote(report.summary)}"
+    text = ""
     if report.culprits:
         rows = ["| culprit rank | node | local rank | where | position |",
                 "| ---: | ---: | ---: | --- | --- |"]
@@ -200,16 +231,16 @@ def _hang(report: Optional[HangReport], moved_on: bool) -> str:
             rows.append(
                 f"| {culprit.rank} | {'?' if culprit.node is None else culprit.node} "
                 f"| {'?' if culprit.local_rank is None else culprit.local_rank} "
-                f"| {_cell(culprit.where.where if culprit.where else '-')} "
-                f"| {_cell(culprit.position)} |"
+                f"| {_code(culprit.where.where) if culprit.where else '-'} "
+                f"| {_code(culprit.position)} |"
             )
-        text += "\n\n" + "\n".join(rows)
+        text += "\n".join(rows)
         for culprit in report.culprits:
             if culprit.stack:
                 text += (f"\n\n**rank {culprit.rank}**, main thread (most recent call first):\n\n"
                          + _fenced([f"{frame.file}:{frame.line} in {frame.function}"
                                     for frame in culprit.stack]))
-    return text
+    return head, text
 
 
 def _stragglers(rows: Tuple[Straggler, ...]) -> str:
