@@ -84,9 +84,12 @@ CHECKS = (
                   "test_card_is_live_while_ranks_run_then_shows_every_rank_done")),
     Check("hang named", "a 2 x 2 flow in which one rank holds the others up (asleep, on a lock, "
           "in a regex holding the GIL, waiting for a data loader, skipping a collective): "
-          "the culprit named on every node from the ranks' flight recorders",
+          "the culprit named on every node from the ranks' flight recorders; on a torch whose "
+          "recorder takes no gloo collective (before 2.9), every node saying diagnosis is off",
           _pytest("tests/integration/test_hangs.py::"
-                  "test_a_hung_job_names_its_culprit_on_every_node")),
+                  "test_a_hung_job_names_its_culprit_on_every_node",
+                  "tests/integration/test_hangs.py::"
+                  "test_a_torch_that_records_no_gloo_collective_says_diagnosis_is_off")),
     Check("clean exit", f"a 2 x 2 script that never calls destroy_process_group(), "
           f"{CLEAN_EXIT_RUNS} runs, every one ending with code 0",
           ["-m", "bench.torch_releases", "--clean-exit", str(CLEAN_EXIT_RUNS)]),

@@ -22,6 +22,11 @@ What differs between them:
   node's workers finished. ``python -m rendezvous`` asks the handler for the
   root cause (``root_cause_elsewhere``) on every release instead of relying on
   the error; plain torchrun on 2.15 cannot.
+- The flight recorder that hang diagnosis reads (``rendezvous.hangs``): torch
+  2.6 has only ProcessGroupNCCL's, which records nothing of gloo; 2.9 has the
+  generic one (``_dump_fr_trace``), which records gloo's collectives too, but
+  only with ``TORCH_FR_BUFFER_SIZE`` set; 2.11 records by default. The agent
+  sizes the workers' recorder unless the user did (``FLIGHT_RECORDER_SIZE_VAR``).
 - ``SimpleElasticAgent._rendezvous`` and the agent's ``_remaining_restarts``,
   which ``rendezvous.agent`` overrides and sets to count the job's restarts:
   the same in every release checked. Should a release rename either, its
@@ -32,6 +37,7 @@ Standard library and torch only.
 
 from typing import Optional
 
+import torch
 from torch.distributed import TCPStore
 from torch.distributed.elastic.agent.server.api import SimpleElasticAgent
 
@@ -39,6 +45,13 @@ from torch.distributed.elastic.agent.server.api import SimpleElasticAgent
 # Whether node 0's store can list its keys, so that a restart round can wipe the
 # previous round's worker keys from it (torch 2.10 and later).
 STORE_LISTS_KEYS: bool = hasattr(TCPStore, "list_keys")
+
+# The variable that sizes a worker's flight recorder: the generic recorder's, where there is
+# one (it sizes NCCL's too), else ProcessGroupNCCL's own, which gloo jobs cannot use.
+FLIGHT_RECORDER_SIZE_VAR: str = (
+    "TORCH_FR_BUFFER_SIZE" if hasattr(torch._C._distributed_c10d, "_dump_fr_trace")
+    else "TORCH_NCCL_TRACE_BUFFER_SIZE"
+)
 
 
 def event_log_handler(config: object) -> Optional[str]:
@@ -62,4 +75,5 @@ def set_remaining_restarts(agent: SimpleElasticAgent, remaining: int) -> bool:
     return True
 
 
-__all__ = ["STORE_LISTS_KEYS", "set_remaining_restarts", "event_log_handler"]
+__all__ = ["FLIGHT_RECORDER_SIZE_VAR", "STORE_LISTS_KEYS", "set_remaining_restarts",
+           "event_log_handler"]

@@ -45,9 +45,11 @@ STACK_SIGNAL: Optional[int] = (
 # How often the thread reads the flight recorder: also the resolution of a wait's start.
 INTERVAL = 1.0
 # torch's flight recorders: the generic one (gloo's collectives, and NCCL's on some
-# releases) and, on CUDA builds, ProcessGroupNCCL's own. A release with neither leaves the
-# positions unknown, and the agent says that hang diagnosis is off.
-_RECORDERS = ("_dump_fr_trace", "_dump_nccl_trace")
+# releases; not before torch 2.9) and, on CUDA builds, ProcessGroupNCCL's own (NCCL's
+# collectives only). A worker whose collectives none of them records has its positions
+# unknown, and the agent says that hang diagnosis is off.
+_GENERIC_RECORDER = "_dump_fr_trace"
+_NCCL_RECORDER = "_dump_nccl_trace"
 # How often a rank reads when it entered its recent collectives (for the card's
 # stragglers), and how many of them it reports, at most.
 ARRIVALS_EVERY = 10.0
@@ -142,6 +144,12 @@ class _Probe:
                 failures = 0
             except Exception:  # a torch whose recorder changed shape: keep quiet, try again
                 failures += 1
+        # Its recorder cannot be read: its position is unknown (the agent says diagnosis is
+        # off), rather than a silent probe, which reads as a rank holding the GIL.
+        try:
+            self._write({"groups": [], "positions_known": False})
+        except OSError:
+            pass
 
     def _write(self, position: Dict[str, Any]) -> None:
         self._last = position
@@ -171,8 +179,7 @@ class _Recorder:
         dist = sys.modules.get("torch.distributed")
         if dist is None or not dist.is_available() or not dist.is_initialized():
             return {"groups": [], "positions_known": True}
-        c10d = sys.modules["torch"]._C._distributed_c10d
-        recorders = [getattr(c10d, name) for name in _RECORDERS if hasattr(c10d, name)]
+        recorders = _recorders(sys.modules["torch"]._C._distributed_c10d, dist)
         if not recorders:
             return {"groups": [], "positions_known": False}
         status: Dict[str, Any] = {}
@@ -226,6 +233,17 @@ class _Recorder:
         self._arrivals = _arrivals(
             [entry for entry in entries if entry["time_created_ns"] / 1e9 >= since]
         )
+
+
+def _recorders(c10d: Any, dist: Any) -> List[Any]:
+    """The dump functions of the flight recorders that record this worker's collectives."""
+    if hasattr(c10d, _GENERIC_RECORDER):
+        return [getattr(c10d, name) for name in (_GENERIC_RECORDER, _NCCL_RECORDER)
+                if hasattr(c10d, name)]
+    # Only NCCL's own recorder: it records nothing of a gloo job.
+    if hasattr(c10d, _NCCL_RECORDER) and "nccl" in str(dist.get_backend()):
+        return [getattr(c10d, _NCCL_RECORDER)]
+    return []
 
 
 def _arrivals(recent: List[Dict[str, Any]]) -> List[List[Any]]:

@@ -85,8 +85,11 @@ class RankSnapshot:
 
     @property
     def holds_gil(self) -> bool:
-        """Whether its probe stopped: a C call holds the GIL, and its position is stale."""
-        return self.probe_silent >= PROBE_SILENT_SECONDS
+        """Whether its probe stopped: a C call holds the GIL, and its position is stale.
+
+        Not where its position is unknown: a probe that cannot read a flight recorder ends.
+        """
+        return self.positions_known and self.probe_silent >= PROBE_SILENT_SECONDS
 
     def group(self, name: str) -> Optional[GroupPosition]:
         return next((group for group in self.groups if group.group == name), None)

@@ -34,6 +34,7 @@ from ..keys import JobKeys
 from ..settings import RendezvousSettings
 from ..store import BoundedConnection, connect_store
 from ..topology import Topology
+from ..torch_compat import FLIGHT_RECORDER_SIZE_VAR
 from ..outcome import say
 from ..watcher import Watcher, wait_for_wake
 from . import probe, workers
@@ -44,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 # The directory of the workers' sitecustomize, which starts the probe.
 SITE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site")
+# The workers' flight recorder's size where the user set none: torch 2.13's default, which
+# earlier releases lack (some record nothing without it; see rendezvous.torch_compat).
+FLIGHT_RECORDER_ENTRIES = 2000
 # How long node 0 waits for every node's answer.
 _ANSWER_TIMEOUT = 10.0
 # How often a report is renewed while the hang lasts, at most.
@@ -108,13 +112,17 @@ class HangWatch:
         ]
 
     def worker_environment(self, environment: Dict[str, str]) -> Dict[str, str]:
-        """What the workers need in ``environment`` to start the probe (``PYTHONPATH`` first)."""
+        """What the workers need in ``environment`` to start the probe (``PYTHONPATH`` first),
+        and a flight recorder that records, where the user did not size it."""
         path = environment.get("PYTHONPATH", "")
-        return {
+        needed = {
             probe.DIRECTORY_VAR: self.directory,
             probe.AGENT_PID_VAR: str(os.getpid()),
             "PYTHONPATH": SITE_DIR + (os.pathsep + path if path else ""),
         }
+        if FLIGHT_RECORDER_SIZE_VAR not in environment:
+            needed[FLIGHT_RECORDER_SIZE_VAR] = str(FLIGHT_RECORDER_ENTRIES)
+        return needed
 
     def start(self) -> None:
         """Connect, create node 0's counters, start both threads.

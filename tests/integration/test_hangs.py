@@ -7,11 +7,15 @@ import random
 import re
 
 import pytest
+import torch
 
 from tests.harness.flow_runs import FLOWS
 
 # Hang protection only: a flow that hangs fails here instead of blocking the suite.
 pytestmark = pytest.mark.timeout(400)
+
+# torch's generic flight recorder, which records gloo's collectives: from torch 2.9 on.
+RECORDS_GLOO = hasattr(torch._C._distributed_c10d, "_dump_fr_trace")
 
 WORKER = (FLOWS / "workers" / "hang.py").read_text().splitlines()
 
@@ -45,6 +49,7 @@ def _outcomes(run) -> dict:
     return outcomes
 
 
+@pytest.mark.skipif(not RECORDS_GLOO, reason="this torch records no gloo collective")
 def test_a_hung_job_names_its_culprit_on_every_node(flows):
     """hang_timeout=3, hang_fail_after=2 (tests/flows/hangs.py), one call per scenario: each
     job is failed for its hang, and every node's TorchrunFailed names the culprit (node,
@@ -92,5 +97,21 @@ def test_no_false_alarm_for_a_long_compute_phase_or_ranks_late_in_turn(flows):
     for node in (0, 1):
         assert outcomes[(node, "compute")]["kind"] == "ok", outcomes
         assert outcomes[(node, "uneven")]["kind"] == "ok", outcomes
+    assert ": hang:" not in run.output
+    assert flows.live_processes() == []
+
+
+@pytest.mark.skipif(RECORDS_GLOO, reason="this torch's flight recorder records gloo's collectives")
+def test_a_torch_that_records_no_gloo_collective_says_diagnosis_is_off(flows):
+    """torch before 2.9: no flight recorder for gloo. A rank held up 8 s (hang_timeout=3) is
+    not diagnosed, no rank is blamed, and every node says once that diagnosis is off."""
+    scenarios = [{"scenario": "sleep", "culprit": random.randrange(4), "hold": 8}]
+    run = flows.run("hangs.py", "--scenarios", json.dumps(scenarios), timeout=300)
+    assert run.returncode == 0, run.output[-6000:]
+    outcomes = _outcomes(run)
+    assert [outcomes[(node, "sleep")]["kind"] for node in (0, 1)] == ["ok", "ok"], outcomes
+    said = re.findall(r"metaflow rendezvous \(node (\d)\): hang diagnosis is off: this torch has no "
+                      r"flight recorder", run.output)
+    assert sorted(said) == ["0", "1"], run.output[-6000:]
     assert ": hang:" not in run.output
     assert flows.live_processes() == []

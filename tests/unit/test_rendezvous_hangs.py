@@ -4,8 +4,10 @@ tests/integration/test_hangs.py)."""
 
 import json
 from dataclasses import asdict
+from types import SimpleNamespace
 
 from rendezvous.failure import Failure, FailureKind
+from rendezvous.hangs import probe
 from rendezvous.hangs.diagnosis import diagnose
 from rendezvous.hangs.records import (
     Frame,
@@ -148,3 +150,38 @@ def test_a_rank_whose_probe_stopped_holds_the_gil_and_is_the_culprit_whatever_it
     assert [(c.rank, c.position) for c in report.culprits] == [
         (3, "in a call that has held the GIL for 40 s (a long C call, not a collective)")]
     assert [w.seq for w in report.waits] == [4]
+
+
+class _Dist:
+    def __init__(self, backend):
+        self._backend = backend
+
+    def get_backend(self):
+        return self._backend
+
+
+def test_only_a_recorder_that_records_the_workers_backend_is_read():
+    """torch before 2.9 has only ProcessGroupNCCL's recorder, which records nothing of gloo."""
+    generic, nccl = object(), object()
+    both = SimpleNamespace(_dump_fr_trace=generic, _dump_nccl_trace=nccl)
+    nccl_only = SimpleNamespace(_dump_nccl_trace=nccl)
+    assert probe._recorders(both, _Dist("gloo")) == [generic, nccl]
+    assert probe._recorders(SimpleNamespace(_dump_fr_trace=generic), _Dist("gloo")) == [generic]
+    assert probe._recorders(nccl_only, _Dist("gloo")) == []
+    assert probe._recorders(nccl_only, _Dist("nccl")) == [nccl]
+    assert probe._recorders(SimpleNamespace(), _Dist("nccl")) == []
+
+
+def test_a_probe_that_cannot_read_its_recorder_says_its_position_is_unknown(tmp_path, monkeypatch):
+    """Not a silent probe, which would read as a rank holding the GIL: a culprit."""
+    def unreadable(self):
+        raise TypeError("a recorder of another shape")
+
+    monkeypatch.setattr(probe._Recorder, "read", unreadable)
+    monkeypatch.setattr(probe, "INTERVAL", 0.01)
+    probe._Probe(str(tmp_path), rank=2, stacks_signal=None).run()
+    record = probe.read_progress(probe.progress_path(str(tmp_path), 2))
+    assert record["positions_known"] is False and record["rank"] == 2
+    unknown = RankSnapshot(node=1, rank=2, local_rank=0, positions_known=False, probe_silent=600.0)
+    assert not unknown.holds_gil
+    assert unknown.position == "position unknown (no flight recorder on its torch)"
