@@ -37,6 +37,9 @@ from typing import Any, Dict, List, Optional
 
 DIRECTORY_VAR = "METAFLOW_RENDEZVOUS_HANG_DIR"
 AGENT_PID_VAR = "METAFLOW_RENDEZVOUS_AGENT_PID"
+# Directories (os.pathsep-separated) of the code that starts the user's program in a
+# worker, such as a launcher's bootstrap script: its frames are not the user's either.
+LAUNCHER_DIRS_VAR = "METAFLOW_RENDEZVOUS_HANG_LAUNCHER_DIRS"
 # A real-time signal: no library uses it, and its default action (end the
 # process) never happens, since the agent signals only workers that registered.
 STACK_SIGNAL: Optional[int] = (
@@ -289,4 +292,5 @@ def _library_dirs() -> List[str]:
     found = {paths.get(name, "") for name in ("stdlib", "platstdlib", "purelib", "platlib")}
     found.update(path for path in sys.path if path.endswith(("site-packages", "dist-packages")))
     found.add(os.path.dirname(os.path.abspath(__file__)))
+    found.update(os.environ.get(LAUNCHER_DIRS_VAR, "").split(os.pathsep))
     return sorted(path for path in found if path)

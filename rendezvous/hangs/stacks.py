@@ -15,7 +15,7 @@ so this is the one place that reads it::
 """
 
 import re
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from .records import Frame
 
@@ -44,12 +44,22 @@ def thread_stacks(text: str) -> Dict[int, Tuple[Frame, ...]]:
 def user_frame(stack: Iterable[Frame], library_dirs: Iterable[str]) -> Optional[Frame]:
     """The most recent frame of the user's code: not in a library directory (the standard
     library, site-packages) and not Python's own (``<frozen ...>``). None if there is none."""
+    is_users = _is_users(library_dirs)
+    return next((frame for frame in stack if is_users(frame)), None)
+
+
+def below_the_program(stack: Tuple[Frame, ...], library_dirs: Iterable[str]) -> Tuple[Frame, ...]:
+    """``stack`` without its outermost frames that are not the user's (``runpy``, a launcher's
+    bootstrap): from the most recent call to the user's outermost frame. Whole without one."""
+    is_users = _is_users(library_dirs)
+    users = [index for index, frame in enumerate(stack) if is_users(frame)]
+    return stack[:users[-1] + 1] if users else stack
+
+
+def _is_users(library_dirs: Iterable[str]) -> Callable[[Frame], bool]:
     prefixes = tuple(directory.rstrip("/") + "/" for directory in library_dirs if directory)
-    for frame in stack:
-        if frame.file.startswith("<") or (prefixes and frame.file.startswith(prefixes)):
-            continue
-        return frame
-    return None
+    return lambda frame: not (frame.file.startswith("<")
+                              or (prefixes and frame.file.startswith(prefixes)))
 
 
-__all__ = ["thread_stacks", "user_frame"]
+__all__ = ["below_the_program", "thread_stacks", "user_frame"]

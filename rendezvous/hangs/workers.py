@@ -13,7 +13,7 @@ from typing import Any, Dict, List
 
 from . import probe
 from .records import STACK_FRAMES, GroupPosition, RankSnapshot
-from .stacks import thread_stacks, user_frame
+from .stacks import below_the_program, thread_stacks, user_frame
 
 # How long a snapshot waits for its ranks' stacks.
 _STACKS_TIMEOUT = 2.0
@@ -71,14 +71,15 @@ def snapshot(directory: str, node_index: int, records: List[Dict[str, Any]]) -> 
         except OSError:
             threads = ""
         main = thread_stacks(threads).get(int(record.get("main_thread") or 0), ())
+        library_dirs = record.get("library_dirs", ())
         snapshots.append(RankSnapshot(
             node=node_index,
             rank=rank,
             local_rank=int(record.get("local_rank", 0)),
             groups=tuple(_group_position(group, now) for group in record.get("groups", ())),
             positions_known=bool(record.get("positions_known", True)),
-            where=user_frame(main, record.get("library_dirs", ())),
-            stack=main[:STACK_FRAMES],
+            where=user_frame(main, library_dirs),
+            stack=below_the_program(main, library_dirs)[:STACK_FRAMES],
             threads=threads[-_THREADS_CHARS:],
             probe_silent=max(0.0, now - probe_ran),
         ))

@@ -17,7 +17,7 @@ from rendezvous.hangs.records import (
     Verdict,
     snapshot_from_dict,
 )
-from rendezvous.hangs.stacks import thread_stacks, user_frame
+from rendezvous.hangs.stacks import below_the_program, thread_stacks, user_frame
 
 TIMEOUT = 300
 
@@ -185,3 +185,14 @@ def test_a_probe_that_cannot_read_its_recorder_says_its_position_is_unknown(tmp_
     unknown = RankSnapshot(node=1, rank=2, local_rank=0, positions_known=False, probe_silent=600.0)
     assert not unknown.holds_gil
     assert unknown.position == "position unknown (no flight recorder on its torch)"
+
+
+def test_a_stack_ends_at_the_users_outermost_frame_not_at_the_launcher():
+    stack = (Frame("/venv/lib/torch/distributed/c10d.py", 9, "all_reduce"),
+             Frame("/job/train.py", 40, "step"), Frame("/job/train.py", 90, "<module>"),
+             Frame("<frozen runpy>", 88, "_run_code"),
+             Frame("/venv/lib/metaflow_extensions/worker/bootstrap.py", 313, "<module>"))
+    library = ["/venv/lib/torch", "/venv/lib/metaflow_extensions/worker"]
+    assert below_the_program(stack, library) == stack[:3]
+    assert user_frame(stack, library) == stack[1]
+    assert below_the_program(stack[3:], library) == stack[3:]  # no user frame: all of it

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from rendezvous.failure import Failure, FailureKind
 from rendezvous.hangs.probe import DIRECTORY_VAR as HANG_DIRECTORY_VAR
+from rendezvous.hangs.probe import LAUNCHER_DIRS_VAR as HANG_LAUNCHER_DIRS_VAR
 from rendezvous.outcome import OUTCOME_FILE_VAR, STOP_REASON_FILE_VAR, read_outcome
 from rendezvous.topology import Topology, read_topology
 
@@ -259,6 +260,8 @@ class TorchrunLauncher:
                 OUTCOME_FILE_VAR: outcome_path,
                 STOP_REASON_FILE_VAR: stop_reason_path,
                 HANG_DIRECTORY_VAR: _hang_dir(os.path.dirname(outcome_path)),
+                # Every worker runs the user's program from our bootstrap: not the user's frames.
+                HANG_LAUNCHER_DIRS_VAR: os.path.dirname(os.path.abspath(bootstrap.__file__)),
             },
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
