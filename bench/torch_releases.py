@@ -85,7 +85,7 @@ CHECKS = (
     Check("hang named", "a 2 x 2 flow in which one rank holds the others up (asleep, on a lock, "
           "in a regex holding the GIL, waiting for a data loader, skipping a collective): "
           "the culprit named on every node from the ranks' flight recorders; on a torch whose "
-          "recorder takes no gloo collective (before 2.9), every node saying diagnosis is off",
+          "recorder takes no gloo collective (before 2.8), every node saying diagnosis is off",
           _pytest("tests/integration/test_hangs.py::"
                   "test_a_hung_job_names_its_culprit_on_every_node",
                   "tests/integration/test_hangs.py::"

@@ -4,7 +4,7 @@ The rest of ``rendezvous`` asks this module instead of reaching for torch's
 attributes itself: each function uses the better call where the installed
 release has it and falls back where it does not.
 
-Checked against torch 2.6.0, 2.9.1, 2.11.0, 2.13.0, 2.14.1 and 2.15.0 (the
+Checked against every minor release from torch 2.6 to 2.15 (the
 compatibility run, ``make compat``; its table is in docs/compatibility.md).
 What differs between them:
 
@@ -23,8 +23,8 @@ What differs between them:
   root cause (``root_cause_elsewhere``) on every release instead of relying on
   the error; plain torchrun on 2.15 cannot.
 - The flight recorder that hang diagnosis reads (``rendezvous.hangs``): torch
-  2.6 has only ProcessGroupNCCL's, which records nothing of gloo; 2.9 has the
-  generic one (``_dump_fr_trace``), which records gloo's collectives too, but
+  2.6 and 2.7 have only ProcessGroupNCCL's, which records nothing of gloo; 2.8
+  has the generic one (``_dump_fr_trace``), which records gloo's collectives too, but
   only with ``TORCH_FR_BUFFER_SIZE`` set; 2.11 records by default. The agent
   sizes the workers' recorder unless the user did (``FLIGHT_RECORDER_SIZE_VAR``).
 - ``SimpleElasticAgent._rendezvous`` and the agent's ``_remaining_restarts``,

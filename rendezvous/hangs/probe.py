@@ -48,7 +48,7 @@ STACK_SIGNAL: Optional[int] = (
 # How often the thread reads the flight recorder: also the resolution of a wait's start.
 INTERVAL = 1.0
 # torch's flight recorders: the generic one (gloo's collectives, and NCCL's on some
-# releases; not before torch 2.9) and, on CUDA builds, ProcessGroupNCCL's own (NCCL's
+# releases; from torch 2.8 on) and, on CUDA builds, ProcessGroupNCCL's own (NCCL's
 # collectives only). A worker whose collectives none of them records has its positions
 # unknown, and the agent says that hang diagnosis is off.
 _GENERIC_RECORDER = "_dump_fr_trace"

@@ -14,7 +14,7 @@ from tests.harness.flow_runs import FLOWS
 # Hang protection only: a flow that hangs fails here instead of blocking the suite.
 pytestmark = pytest.mark.timeout(400)
 
-# torch's generic flight recorder, which records gloo's collectives: from torch 2.9 on.
+# torch's generic flight recorder, which records gloo's collectives: from torch 2.8 on.
 RECORDS_GLOO = hasattr(torch._C._distributed_c10d, "_dump_fr_trace")
 
 WORKER = (FLOWS / "workers" / "hang.py").read_text().splitlines()
@@ -103,7 +103,7 @@ def test_no_false_alarm_for_a_long_compute_phase_or_ranks_late_in_turn(flows):
 
 @pytest.mark.skipif(RECORDS_GLOO, reason="this torch's flight recorder records gloo's collectives")
 def test_a_torch_that_records_no_gloo_collective_says_diagnosis_is_off(flows):
-    """torch before 2.9: no flight recorder for gloo. A rank held up 8 s (hang_timeout=3) is
+    """torch before 2.8: no flight recorder for gloo. A rank held up 8 s (hang_timeout=3) is
     not diagnosed, no rank is blamed, and every node says once that diagnosis is off."""
     scenarios = [{"scenario": "sleep", "culprit": random.randrange(4), "hold": 8}]
     run = flows.run("hangs.py", "--scenarios", json.dumps(scenarios), timeout=300)

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from torch.distributed import TCPStore
 
-import rendezvous.handler as handler_module
+import rendezvous.rounds as rounds_module
 from rendezvous.errors import JobFailedError
 from rendezvous.handler import MetaflowRendezvousHandler
 from rendezvous.settings import RendezvousSettings
@@ -39,7 +39,7 @@ def _round_on_both(handlers):
 
 def test_restart_round_without_list_keys_gives_the_workers_a_fresh_store(monkeypatch):
     # torch before 2.10: the store cannot list the keys round 0's workers left.
-    monkeypatch.setattr(handler_module, "STORE_LISTS_KEYS", False)
+    monkeypatch.setattr(rounds_module, "STORE_LISTS_KEYS", False)
     port = _free_port()
     handlers = [MetaflowRendezvousHandler(Topology(node, 2, LOOPBACK), SETTINGS, "compat-restart",
                                           LOOPBACK, port) for node in range(2)]

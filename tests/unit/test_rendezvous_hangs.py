@@ -161,7 +161,7 @@ class _Dist:
 
 
 def test_only_a_recorder_that_records_the_workers_backend_is_read():
-    """torch before 2.9 has only ProcessGroupNCCL's recorder, which records nothing of gloo."""
+    """torch before 2.8 has only ProcessGroupNCCL's recorder, which records nothing of gloo."""
     generic, nccl = object(), object()
     both = SimpleNamespace(_dump_fr_trace=generic, _dump_nccl_trace=nccl)
     nccl_only = SimpleNamespace(_dump_nccl_trace=nccl)
