@@ -44,10 +44,11 @@ def screenshot(card_type: str, script_args: dict, out: Path, width: int, height:
                worker: str = "card_ranks.py", torchrun_args: Optional[dict] = None) -> None:
     with tempfile.TemporaryDirectory(prefix="card-screenshot-") as root:
         runner = FlowRunner(Path(root))
-        # A copy of the flow and its worker, so that the card names no path of this checkout.
+        # Copies of the flow, its helper and its worker: the card names no path of this checkout.
         flow = Path(root) / "flow" / "card_job.py"
         (flow.parent / "workers").mkdir(parents=True)
         shutil.copy(FLOWS / "card_job.py", flow)
+        shutil.copy(FLOWS / "lines.py", flow.parent)
         shutil.copy(FLOWS / "workers" / worker, flow.parent / "workers")
         # Cards and the run's datastore in one place, as in the tests
         # (tests/integration/test_cards.py).

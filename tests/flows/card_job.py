@@ -8,6 +8,8 @@ import os
 
 from metaflow import FlowSpec, Parameter, card, current, step, torchrun
 
+from lines import say
+
 CARD_TYPE = os.environ.get("TORCHRUN_TEST_CARD_TYPE", "default")
 
 
@@ -26,7 +28,7 @@ class CardJobFlow(FlowSpec):
     @torchrun
     @step
     def train(self):
-        print(f"CARD TASK node={current.parallel.node_index} pathspec={current.pathspec}")
+        say(f"CARD TASK node={current.parallel.node_index} pathspec={current.pathspec}")
         calls = json.loads(self.script_args)
         for args in calls if isinstance(calls, list) else [calls]:
             current.torch.run(entrypoint=self.script, entrypoint_args=args, nproc_per_node=2,

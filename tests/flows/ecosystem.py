@@ -10,6 +10,8 @@ import tempfile
 
 from metaflow import FlowSpec, Parameter, current, step, torchrun
 
+from lines import say
+
 NODES = 2
 PROCESSES_PER_NODE = 2
 SCRIPTS = "fabric_ddp.py,lightning_trainer.py,accelerate_script.py,ddp_tutorial_multinode.py"
@@ -40,7 +42,7 @@ class EcosystemFlow(FlowSpec):
             result = current.torch.run(
                 entrypoint=os.path.join("ecosystem_scripts", script), entrypoint_args=command_line(script)
             )
-            print(f"RESULT script={script} node={current.parallel.node_index} wall_time={result.wall_time:.2f}")
+            say(f"RESULT script={script} node={current.parallel.node_index} wall_time={result.wall_time:.2f}")
         self.next(self.join)
 
     @step

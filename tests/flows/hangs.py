@@ -7,6 +7,8 @@ import json
 
 from metaflow import FlowSpec, Parameter, TorchrunFailed, current, step, torchrun
 
+from lines import say
+
 
 class HangsFlow(FlowSpec):
     scenarios = Parameter(
@@ -39,7 +41,7 @@ class HangsFlow(FlowSpec):
                                  for c in hang.culprits],
                     "waits": [[w.op, w.seq, list(w.ranks)] for w in hang.waits],
                 })
-            print("SCENARIO " + json.dumps(outcome), flush=True)
+            say("SCENARIO " + json.dumps(outcome))
         self.next(self.join)
 
     @step

@@ -1,6 +1,8 @@
 """@retry around a two-node @torchrun step whose program fails in the first attempt only."""
 from metaflow import FlowSpec, current, retry, step, torchrun
 
+from lines import say
+
 
 class RetryFlow(FlowSpec):
     @step
@@ -15,7 +17,7 @@ class RetryFlow(FlowSpec):
             entrypoint="workers/fail_in_attempt.py",
             entrypoint_args={"attempt": current.retry_count, "fail-attempt": 0},
         )
-        print(f"RESULT node={current.parallel.node_index} attempt={current.retry_count} log_dir={result.log_dir}")
+        say(f"RESULT node={current.parallel.node_index} attempt={current.retry_count} log_dir={result.log_dir}")
         self.next(self.join)
 
     @step

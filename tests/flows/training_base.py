@@ -5,6 +5,8 @@ inheritance; neither reaches the step with num_parallel, their subclasses do.
 """
 from metaflow import FlowSpec, current, step, torchrun
 
+from lines import say
+
 
 class TorchTraining(FlowSpec):
     @torchrun
@@ -13,7 +15,7 @@ class TorchTraining(FlowSpec):
         result = current.torch.run(entrypoint="workers/ranks.py", nproc_per_node=1,
                                    entrypoint_args={"text": type(self).__name__})
         self.node_index = current.parallel.node_index
-        print(f"RESULT node={self.node_index} exit_code={result.exit_code}")
+        say(f"RESULT node={self.node_index} exit_code={result.exit_code}")
         self.next(self.join)
 
     @step

@@ -5,6 +5,8 @@ import time
 
 from metaflow import FlowSpec, Parameter, current, step, torchrun
 
+from lines import say
+
 
 class TwoNodesFlow(FlowSpec):
     script = Parameter("script", default="workers/ranks.py")
@@ -34,12 +36,12 @@ class TwoNodesFlow(FlowSpec):
                 nproc_per_node=self.nproc,
                 torchrun_args=json.loads(self.torchrun_args),
             )
-            print(
+            say(
                 f"RESULT node={node} call={call} exit_code={result.exit_code} "
                 f"restarts={result.restarts} wall_time={result.wall_time:.3f} "
                 f"log_dir={result.log_dir}"
             )
-            print(f"RUN RETURNED node={node} call={call}", file=sys.stderr)
+            say(f"RUN RETURNED node={node} call={call}", sys.stderr)
         self.next(self.join)
 
     @step

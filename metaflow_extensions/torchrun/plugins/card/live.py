@@ -164,7 +164,9 @@ class JobCard:
             except Exception as error:  # noqa: BLE001 - the card must never fail the job
                 message = f"[@torchrun card] not updated: {type(error).__name__}: {error}"
                 if message != reported:  # once, not every tick
-                    print(message, file=sys.stderr)
+                    # One write: in a local run every node shares the control task's
+                    # unbuffered stderr, where print's line end comes apart from its text.
+                    sys.stderr.write(message + "\n")
                     reported = message
 
     def _tick(self) -> None:
