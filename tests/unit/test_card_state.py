@@ -88,3 +88,9 @@ def test_the_failed_rank_and_its_exit_come_from_the_record(tmp_path):
     lost.finish(Failure(FailureKind.NODE_LOST, "it stopped sending heartbeats", node_index=1))
     assert "**node 1** failed first" in render(lost.snapshot(), now=0.0).root_cause
     assert all(r.state == STOPPED for r in lost.snapshot().ranks)
+    # A job failed for a hang: its culprit held the job up, with no exit of its own.
+    hung = JobState(_layout(tmp_path, node_index=0), settings=(), store_endpoint="h:1")
+    hung.finish(Failure(FailureKind.HUNG, "the job hung", node_index=0, rank=1, local_rank=1))
+    root_cause = render(hung.snapshot(), now=0.0).root_cause
+    assert "**global rank 1 on node 0 (local rank 1)** held the job up:" in root_cause, root_cause
+    assert "exit" not in root_cause.split("<blockquote>")[0], root_cause

@@ -10,6 +10,7 @@ import re
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
+from rendezvous.failure import FailureKind
 from rendezvous.hangs.records import HangReport, Verdict
 
 from .collectives import Straggler
@@ -181,17 +182,21 @@ def _root_cause(snapshot: Snapshot) -> Tuple[str, str]:
     if failure is None:
         return "", ""
     failed = next((rank for rank in snapshot.ranks if is_failing_rank(rank, failure)), None)
+    # A culprit of a hang did not fail: it held the others up, and has no exit of its own
+    # (the job was stopped for it).
+    hung = failure.kind is FailureKind.HUNG
+    exit_words = "" if hung else f", exit {exit_text(failure) or 'unknown'}"
     if failure.rank is not None:
         where = (f"global rank {failure.rank} on node {failure.node_index} "
-                 f"(local rank {failure.local_rank}), exit {exit_text(failure) or 'unknown'}")
+                 f"(local rank {failure.local_rank}){exit_words}")
     elif failure.local_rank is not None:
-        where = (f"local rank {failure.local_rank} on node {failure.node_index}, "
-                 f"exit {exit_text(failure) or 'unknown'}")
+        where = f"local rank {failure.local_rank} on node {failure.node_index}{exit_words}"
     elif failure.node_index is not None:
         where = f"node {failure.node_index}"
     else:
         where = "the job"
-    head = f"### Root cause\n\n**{where}** failed first:\n\n" + _quote(failure.summary)
+    verb = "held the job up" if hung else "failed first"
+    head = f"### Root cause\n\n**{where}** {verb}:\n\n" + _quote(failure.summary)
     details = ""
     # The failure carries the failing rank's traceback: from its error file on
     # this node, or as its node recorded it with the failure in the store.
