@@ -31,11 +31,11 @@ setup(
     # (tests/integration/test_ecosystem.py); both accept the torch installed first
     # (torch==2.13.0) and pull no other. IPython's shell runs a notebook's cells for
     # Metaflow's NBRunner (tests/integration/test_metaflow_decorators.py).
-    # pytest-xdist runs the suite on both cores (make test).
+    # pytest-xdist runs the suite on both cores (make test); 3.2 brought --dist worksteal.
     extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "numpy",
                              "moto[server]>=5.0", "kubernetes>=30.0",
                              "lightning>=2.6", "accelerate>=1.0", "ipython",
-                             "pytest-xdist"]},
+                             "pytest-xdist>=3.2"]},
     entry_points={
         # torch calls the loaded object with no arguments and registers what it
         # returns under the entry point's name.
