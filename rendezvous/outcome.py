@@ -50,13 +50,18 @@ def report(failure: Failure) -> None:
 
 
 def say(line: str) -> None:
-    """Print ``line`` on stderr (the agent's log), unless no one reads it any more.
+    """Write ``line`` on stderr (the agent's log) in one write, unless no one reads it any more.
 
-    A killed task leaves its agent a broken pipe; the agent must still end
-    (its caller's next step), not raise ``BrokenPipeError``.
+    One write: in a local Metaflow run every node shares the control task's stderr,
+    unbuffered (Metaflow sets PYTHONUNBUFFERED), where ``print`` writes the text and
+    its line end apart and another node's line, such as the same hang report logged
+    by every node at once, comes between them. A killed task leaves its agent a
+    broken pipe; the agent must still end (its caller's next step), not raise
+    ``BrokenPipeError``.
     """
     try:
-        print(line, file=sys.stderr, flush=True)
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
     except OSError:
         pass
 

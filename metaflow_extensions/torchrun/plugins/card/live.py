@@ -22,10 +22,11 @@ view (Metaflow UI, ``card server``).
 
 import contextlib
 import signal
-import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple
+
+from rendezvous.outcome import say
 
 from ..launch.command import whole_number
 from ..metaflow_compat import card_process_running, editable_card, render_card_now
@@ -164,9 +165,7 @@ class JobCard:
             except Exception as error:  # noqa: BLE001 - the card must never fail the job
                 message = f"[@torchrun card] not updated: {type(error).__name__}: {error}"
                 if message != reported:  # once, not every tick
-                    # One write: in a local run every node shares the control task's
-                    # unbuffered stderr, where print's line end comes apart from its text.
-                    sys.stderr.write(message + "\n")
+                    say(message)
                     reported = message
 
     def _tick(self) -> None:
